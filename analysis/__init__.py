@@ -1,0 +1,1 @@
+"""analysis: representation analyses (neural codes, neuron alignment, LinearScope, interaction basis)."""

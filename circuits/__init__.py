@@ -1,0 +1,1 @@
+"""circuits: circuit discovery (tasks, patching, attribution) and the command line."""

@@ -1,0 +1,58 @@
+"""interp: the model layer of the toolkit.
+
+Loading (:func:`load_model`), naming places in a model (:class:`Site`), hooks, caches and
+gradients through one wrapper (:class:`HookedModel`), and the common result object
+(:class:`CircuitGraph`).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._errors import (
+    GraphFormatError,
+    InterpError,
+    ModelLoadError,
+    NetworkRequiredError,
+    ShapeError,
+    UnknownSiteError,
+)
+from ._hooked import (
+    ActivationCache,
+    GradientRun,
+    HookedModel,
+    ModuleModel,
+    TransformerModel,
+    count_hooks,
+    wrap,
+)
+from ._loading import MODELS, from_hf, load_model
+from ._site import Site
+from ._spec import ModelSpec
+
+try:
+    __version__ = version("interp-toolkit")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "MODELS",
+    "ActivationCache",
+    "GradientRun",
+    "GraphFormatError",
+    "HookedModel",
+    "InterpError",
+    "ModelLoadError",
+    "ModelSpec",
+    "ModuleModel",
+    "NetworkRequiredError",
+    "ShapeError",
+    "Site",
+    "TransformerModel",
+    "UnknownSiteError",
+    "__version__",
+    "count_hooks",
+    "from_hf",
+    "load_model",
+    "wrap",
+]

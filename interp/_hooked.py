@@ -1,0 +1,675 @@
+"""Hooked models: one wrapper API over the TransformerLens 4 bridge and over any ``nn.Module``.
+
+Everything that touches a model goes through context managers that remove what they added in a
+``finally``: after a context exits the model has no extra hooks, its bridge switches are as they
+were, and it gives bit-identical outputs.
+
+A site is bound to a torch module (a bridge ``HookPoint`` or a module of a plain model) plus a
+view: an optional un-flattening of heads and an index that picks one head or one position. User
+hook functions see the view; what they return is written back into a copy of the full tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ._errors import InterpError, ShapeError, UnknownSiteError, did_you_mean
+from ._site import Site, SiteLike
+from ._spec import ModelSpec
+
+__all__ = [
+    "ActivationCache",
+    "GradientRun",
+    "HookFn",
+    "HookedModel",
+    "ModuleModel",
+    "TransformerModel",
+    "wrap",
+]
+
+HookFn = Callable[[Tensor, Site], "Tensor | None"]
+"""A hook: gets the activation at a site (a view: one head or position when the site says so)
+and the site; returns ``None`` to leave it or a tensor of the same shape to replace it."""
+
+
+class ActivationCache(dict):
+    """A ``dict`` from :class:`Site` to tensor that also accepts site names as keys."""
+
+    def __getitem__(self, key: SiteLike) -> Tensor:
+        site = Site.parse(key)
+        try:
+            return super().__getitem__(site)
+        except KeyError:
+            raise UnknownSiteError(
+                f"Site {str(site)!r} is not in this cache."
+                + did_you_mean(str(site), (str(s) for s in self))
+            ) from None
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return super().__contains__(Site.parse(key))  # type: ignore[arg-type]
+        except UnknownSiteError:
+            return False
+
+    def summary(self) -> str:
+        """One line per site: name, shape, dtype, mean and standard deviation."""
+        lines = []
+        for site, x in self.items():
+            xf = x.detach().float()
+            std = xf.std().item() if xf.numel() > 1 else 0.0
+            lines.append(
+                f"{str(site):<18} {str(tuple(x.shape)):<22} {str(x.dtype):<14} "
+                f"mean {xf.mean().item():+.4f}  std {std:.4f}"
+            )
+        return "\n".join(lines)
+
+
+class GradientRun(NamedTuple):
+    """What :meth:`HookedModel.run_with_grads` returns."""
+
+    value: Tensor
+    """The scalar metric (detached)."""
+    activations: ActivationCache
+    """Activations at the sites (detached)."""
+    gradients: ActivationCache
+    """Gradients of the metric with respect to those activations."""
+
+
+@dataclass(frozen=True)
+class _Binding:
+    """Where a site lives (a module and whether it is its input) and how to view it."""
+
+    module: nn.Module
+    on_input: bool = False
+    unflatten: tuple[int, int] | None = None  # split the last dim into (heads, d_head)
+    index: tuple[Any, ...] = ()
+    axes: tuple[str, ...] = ()
+    flags: frozenset[str] = field(default_factory=frozenset)
+
+    def _full4(self, full: Tensor) -> Tensor:
+        if self.unflatten is not None and full.ndim == 3:
+            return full.unflatten(-1, self.unflatten)
+        return full
+
+    def view(self, full: Tensor) -> Tensor:
+        return self._full4(full)[self.index] if self.index else self._full4(full)
+
+    def put(self, full: Tensor, new: Tensor) -> Tensor:
+        if not self.index:
+            return new.reshape(full.shape)
+        out = self._full4(full).clone()
+        out[self.index] = new
+        return out.reshape(full.shape)
+
+
+def _all_modules(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module, including a bridge's wrapped HF model (kept outside the module tree)."""
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        yield module
+        stack.extend(module.children())
+        original = module.__dict__.get("original_model")
+        if isinstance(original, nn.Module):
+            stack.append(original)
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Number of torch hooks on a model and all its submodules (0 on a clean model)."""
+    total = 0
+    for m in _all_modules(model):
+        total += len(m._forward_hooks) + len(m._forward_pre_hooks)
+        total += len(m._backward_hooks) + len(m._backward_pre_hooks)
+    return total
+
+
+class HookedModel:
+    """The hook API shared by transformer and plain-module wrappers.
+
+    Subclasses provide :meth:`sites` and :meth:`_bind`; everything else is shared.
+    """
+
+    model: nn.Module
+
+    # -- to be provided -------------------------------------------------------------------------
+
+    def sites(self) -> list[Site]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _bind(self, site: Site) -> _Binding:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _prepare(self, inputs: Any) -> Any:
+        return inputs
+
+    @contextlib.contextmanager
+    def _switches(self, flags: Iterable[str]) -> Iterator[None]:
+        yield
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> Tensor:
+        return self.model(self._prepare(inputs), **kwargs)
+
+    def resolve(self, site: SiteLike) -> Site:
+        """Parse a site and check the model has it.
+
+        Raises
+        ------
+        UnknownSiteError
+            With the closest site names of this model.
+        """
+        parsed = Site.parse(site)
+        whole = parsed.replace(pos=None) if parsed.pos is not None else parsed
+        if whole not in self._site_set():
+            names = [str(s) for s in self.sites()]
+            raise UnknownSiteError(
+                f"This model has no site {str(parsed)!r}."
+                + (did_you_mean(str(whole), names) or f" It has {len(names)} sites, e.g. {names[:6]}.")
+            )
+        return parsed
+
+    def _site_set(self) -> frozenset[Site]:
+        cached = getattr(self, "_site_set_cache", None)
+        if cached is None:
+            cached = frozenset(self.sites())
+            self._site_set_cache = cached
+        return cached
+
+    def axes(self, site: SiteLike) -> tuple[str, ...]:
+        """Axis names of the activation at a site, e.g. ``("batch", "pos", "d_model")``."""
+        return self._bind(self.resolve(site)).axes
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _full_hooks(
+        self, fns: Sequence[tuple[Site, _Binding, Callable[[Tensor], Tensor | None]]]
+    ) -> Iterator[None]:
+        """Register functions of the *full* hooked tensor; remove them (and switches) on exit."""
+        handles: list[torch.utils.hooks.RemovableHandle] = []
+        flags = frozenset().union(*(b.flags for _, b, _ in fns)) if fns else frozenset()
+        with self._switches(flags):
+            try:
+                for site, binding, fn in fns:
+                    handles.append(_register(binding, site, fn))
+                yield
+            finally:
+                for handle in reversed(handles):
+                    handle.remove()
+
+    @contextlib.contextmanager
+    def hooks(self, fns: Mapping[SiteLike, HookFn]) -> Iterator[HookedModel]:
+        """Run hook functions at sites while the context is open.
+
+        Parameters
+        ----------
+        fns : mapping from site (name or :class:`Site`) to ``fn(activation, site)``
+            ``fn`` returns ``None`` to leave the activation or a tensor of the same shape to
+            replace it. For head or position sites it sees (and replaces) only that slice.
+
+        Examples
+        --------
+        >>> model = load_model("tiny-gpt2")
+        >>> zero = lambda x, site: torch.zeros_like(x)
+        >>> with model.hooks({"a0.h1": zero}):
+        ...     logits = model("When Mary and John went to the store")
+        """
+        bound = []
+        for key, fn in fns.items():
+            site = self.resolve(key)
+            if not callable(fn):
+                raise InterpError(f"The hook for site {str(site)!r} must be callable; got {fn!r}.")
+            binding = self._bind(site)
+            bound.append((site, binding, _view_hook(binding, site, fn)))
+        with self._full_hooks(bound):
+            yield self
+
+    @contextlib.contextmanager
+    def patch(
+        self,
+        values: Mapping[SiteLike, Tensor] | SiteLike,
+        value: Tensor | None = None,
+        *,
+        head: int | None = None,
+        pos: int | None = None,
+    ) -> Iterator[HookedModel]:
+        """Replace activations with given values while the context is open.
+
+        Either a mapping ``{site: values}`` or one site and its values; ``head`` and ``pos``
+        narrow a single site to one head and/or one token position. Values broadcast to the
+        activation's shape (so one vector can replace every position).
+
+        Examples
+        --------
+        >>> model = load_model("tiny-gpt2")
+        >>> clean = model.run_with_cache("When Mary and John went", ["a0.h1"])[1]
+        >>> with model.patch("a0", clean["a0.h1"][:, 3], head=1, pos=3):
+        ...     logits = model("When John and Mary went")
+        """
+        if not isinstance(values, Mapping):
+            if value is None:
+                raise InterpError("patch(site, value): the value to patch in is missing.")
+            site = Site.parse(values)
+            changes = {k: v for k, v in (("head", head), ("pos", pos)) if v is not None}
+            values = {site.replace(**changes) if changes else site: value}
+        elif value is not None or head is not None or pos is not None:
+            raise InterpError("patch(mapping) takes no value, head or pos; put them in the sites.")
+
+        def setter(new: Tensor) -> HookFn:
+            return lambda x, site: new
+
+        with self.hooks({k: setter(v) for k, v in values.items()}):
+            yield self
+
+    @contextlib.contextmanager
+    def cache(self, sites: Iterable[SiteLike], *, detach: bool = True) -> Iterator[ActivationCache]:
+        """Record activations at sites during the forward passes run inside the context.
+
+        With ``detach=False`` the recorded tensors stay in the autograd graph. A site that fires
+        several times keeps the latest value.
+        """
+        store = ActivationCache()
+
+        def record(x: Tensor, site: Site) -> None:
+            store[site] = x.detach().clone() if detach else x
+
+        with self.hooks({s: record for s in _as_list(sites)}):
+            yield store
+
+    def run_with_cache(
+        self, inputs: Any, sites: Iterable[SiteLike], **kwargs: Any
+    ) -> tuple[Tensor, ActivationCache]:
+        """One forward pass (no gradients); returns the output and the activations at ``sites``."""
+        with torch.no_grad(), self.cache(sites) as store:
+            out = self(inputs, **kwargs)
+        return out, store
+
+    @contextlib.contextmanager
+    def grad_cache(self, sites: Iterable[SiteLike]) -> Iterator[ActivationCache]:
+        """Record gradients at sites during any backward pass run inside the context.
+
+        Uses backward (tensor) hooks, which fire whether the caller runs ``loss.backward()`` or
+        ``torch.autograd.grad``; ``retain_grad`` is not used (the bridge ignores it on many hooks).
+        Each site's gradient is that of the latest forward pass.
+        """
+        grads = ActivationCache()
+        grads.tensors = {}  # site -> the full tensor the gradient hook sits on
+        bound = []
+        for key in _as_list(sites):
+            site = self.resolve(key)
+            binding = self._bind(site)
+            bound.append((site, binding, _grad_hook(binding, site, grads)))
+        with self._full_hooks(bound):
+            yield grads
+
+    def run_with_grads(
+        self,
+        inputs: Any,
+        metric: Callable[[Tensor], Tensor],
+        sites: Iterable[SiteLike],
+        **kwargs: Any,
+    ) -> GradientRun:
+        """Forward, then the gradient of a scalar metric at every site (one backward pass).
+
+        Parameter ``.grad`` fields are left untouched (``torch.autograd.grad`` is used).
+
+        Parameters
+        ----------
+        inputs : prompts or token tensor
+        metric : callable
+            Maps the model output to a scalar tensor (reduce over the batch yourself).
+        sites : iterable of sites
+
+        Returns
+        -------
+        GradientRun
+            ``(value, activations, gradients)``; gradients have the activations' shapes and are
+            zero at sites the metric does not depend on.
+        """
+        sites = [self.resolve(s) for s in _as_list(sites)]
+        with torch.enable_grad(), self.cache(sites) as acts, self.grad_cache(sites) as grads:
+            value = metric(self(inputs, **kwargs))
+            if not isinstance(value, Tensor) or value.numel() != 1:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ShapeError(
+                    f"The metric must return a scalar tensor; got {shape}. Reduce over the batch "
+                    "(e.g. .mean()) inside the metric."
+                )
+            targets = list(grads.tensors.values())
+            if targets:
+                torch.autograd.grad(value, targets, allow_unused=True)
+        for site in sites:
+            if site not in grads:
+                grads[site] = torch.zeros_like(acts[site])
+        del grads.tensors
+        return GradientRun(value.detach().reshape(()), acts, grads)
+
+
+def _as_list(sites: Iterable[SiteLike] | SiteLike) -> list[SiteLike]:
+    if isinstance(sites, str | Site):
+        return [sites]
+    return list(sites)
+
+
+def _register(
+    binding: _Binding, site: Site, fn: Callable[[Tensor], Tensor | None]
+) -> torch.utils.hooks.RemovableHandle:
+    if binding.on_input:
+
+        def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            if not args or not isinstance(args[0], Tensor):
+                raise InterpError(f"Site {str(site)!r}: the module's first input is not a tensor.")
+            new = fn(args[0])
+            return None if new is None else (new, *args[1:])
+
+        return binding.module.register_forward_pre_hook(pre_hook)
+
+    def hook(module: nn.Module, args: Any, out: Any) -> Tensor | None:
+        if not isinstance(out, Tensor):
+            raise InterpError(
+                f"Site {str(site)!r}: the module returns {type(out).__name__}, not a tensor; "
+                "hook one of its submodules instead."
+            )
+        return fn(out)
+
+    return binding.module.register_forward_hook(hook)
+
+
+def _view_hook(binding: _Binding, site: Site, fn: HookFn) -> Callable[[Tensor], Tensor | None]:
+    def full_fn(full: Tensor) -> Tensor | None:
+        view = binding.view(full)
+        new = fn(view, site)
+        if new is None:
+            return None
+        if not isinstance(new, Tensor):
+            raise InterpError(
+                f"The hook at {str(site)!r} returned {type(new).__name__}; return a tensor or None."
+            )
+        try:
+            new = torch.broadcast_to(new.to(device=view.device, dtype=view.dtype), view.shape)
+        except RuntimeError:
+            raise ShapeError(
+                f"Expected a tensor of shape {tuple(view.shape)} (axes {binding_axes(binding)}) "
+                f"for site {str(site)!r}, got {tuple(new.shape)}."
+            ) from None
+        return binding.put(full, new)
+
+    return full_fn
+
+
+def binding_axes(binding: _Binding) -> str:
+    return "(" + ", ".join(binding.axes) + ")"
+
+
+def _grad_hook(
+    binding: _Binding, site: Site, grads: ActivationCache
+) -> Callable[[Tensor], Tensor | None]:
+    def full_fn(full: Tensor) -> Tensor | None:
+        if not torch.is_grad_enabled():
+            raise InterpError(
+                "Gradients were requested but the forward pass ran without autograd; "
+                "do not wrap it in torch.no_grad()."
+            )
+        replaced = None
+        if not full.requires_grad:  # e.g. the raw input of a plain model
+            full = replaced = full.detach().requires_grad_(True)
+
+        def store(grad: Tensor) -> None:
+            grads[site] = binding.view(grad).detach().clone()
+
+        full.register_hook(store)
+        grads.tensors[site] = full
+        return replaced
+
+    return full_fn
+
+
+# -- transformers -----------------------------------------------------------------------------
+
+
+class TransformerModel(HookedModel):
+    """A TransformerLens 4 ``TransformerBridge`` with site-based hooks.
+
+    Build it with :func:`interp.load_model`. The bridge stays reachable as ``.bridge``; the
+    tokenizer as ``.tokenizer``; the sizes as ``.spec``.
+    """
+
+    def __init__(self, bridge: nn.Module, spec: ModelSpec) -> None:
+        self.model = bridge
+        self.bridge = bridge
+        self.spec = spec
+        bridge.eval()
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (
+            f"TransformerModel({s.name!r}: {s.architecture}, {s.n_layers} layers, "
+            f"{s.n_heads} heads ({s.n_kv_heads} KV), d_model {s.d_model})"
+        )
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.bridge.tokenizer
+
+    # -- tokens -----------------------------------------------------------------------------------
+
+    def to_tokens(self, text: str | Sequence[str], *, prepend_bos: bool = True) -> Tensor:
+        """Token ids, shape (batch, pos); a BOS token first unless ``prepend_bos=False``."""
+        if isinstance(text, str):
+            text = [text]
+        return self.bridge.to_tokens(list(text), prepend_bos=prepend_bos)
+
+    def to_str_tokens(self, tokens: Tensor | str) -> list[str]:
+        """The tokens of one prompt as strings."""
+        if isinstance(tokens, str):
+            tokens = self.to_tokens(tokens)[0]
+        return [self.tokenizer.decode([int(t)]) for t in tokens.reshape(-1)]
+
+    def _prepare(self, inputs: Any) -> Any:
+        if isinstance(inputs, str) or (
+            isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], str)
+        ):
+            return self.to_tokens(inputs)
+        if isinstance(inputs, Tensor):
+            if inputs.dtype not in (torch.int64, torch.int32):
+                raise ShapeError(f"Token ids must be an integer tensor; got {inputs.dtype}.")
+            if inputs.ndim == 1:
+                inputs = inputs[None]
+            if inputs.ndim != 2:
+                raise ShapeError(
+                    f"Expected token ids of shape (batch, pos), got {tuple(inputs.shape)}."
+                )
+            return inputs
+        raise InterpError(
+            f"Model inputs must be a prompt, a list of prompts or token ids; got {type(inputs).__name__}."
+        )
+
+    @torch.no_grad()
+    def top_predictions(self, prompt: str, k: int = 5) -> list[tuple[str, float, float]]:
+        """The ``k`` most likely next tokens after ``prompt``: (token, logit, probability)."""
+        logits = self(prompt)[0, -1].float()
+        probs = logits.softmax(-1)
+        top = logits.topk(k)
+        return [
+            (self.tokenizer.decode([int(i)]), float(v), float(probs[i]))
+            for v, i in zip(top.values, top.indices, strict=True)
+        ]
+
+    # -- sites ------------------------------------------------------------------------------------
+
+    def sites(
+        self, kind: str | None = None, *, heads: bool = True, ports: bool = True
+    ) -> list[Site]:
+        """All sites of the model in forward order (optionally one kind, without per-head sites)."""
+        out = [Site("input")]
+        for layer in range(self.spec.n_layers):
+            out += [Site("resid", layer, "pre")]
+            out += [Site("attn", layer, f) for f in ("out", "z", "q", "k", "v", "pattern", "scores")]
+            if ports:
+                out += [Site("attn", layer, port=p) for p in ("q", "k", "v")]
+            if heads:
+                for h in range(self.spec.n_heads):
+                    out += [
+                        Site("attn", layer, f, head=h)
+                        for f in ("out", "z", "q", "k", "v", "pattern", "scores")
+                    ]
+                    if ports:
+                        out += [Site("attn", layer, head=h, port=p) for p in ("q", "k", "v")]
+            out += [Site("resid", layer, "mid")]
+            out += [Site("mlp", layer, f) for f in ("in", "pre", "post", "out")]
+            out += [Site("resid", layer, "post")]
+        out.append(Site("logits"))
+        if kind is not None:
+            out = [s for s in out if s.kind == kind]
+        return out
+
+    def _hook_point(self, name: str) -> nn.Module:
+        hook = self.bridge.hook_dict.get(name)
+        if hook is None:
+            raise UnknownSiteError(f"The bridge has no hook {name!r} for this architecture.")
+        return hook
+
+    def _bind(self, site: Site) -> _Binding:
+        s, spec, L = site, self.spec, site.layer
+        flags: set[str] = set()
+        unflatten = None
+        head_axis, pos_axis = 2, 1
+        head = s.head
+        if s.kind == "input":
+            name, axes = "blocks.0.hook_resid_pre", ("batch", "pos", "d_model")
+        elif s.kind == "logits":
+            name, axes = "hook_unembed", ("batch", "pos", "d_vocab")
+        elif s.kind == "resid":
+            name, axes = f"blocks.{L}.hook_resid_{s.field}", ("batch", "pos", "d_model")
+        elif s.kind == "mlp":
+            name = {
+                "out": f"blocks.{L}.hook_mlp_out",
+                "in": f"blocks.{L}.hook_mlp_in",
+                "pre": f"blocks.{L}.mlp.hook_pre",
+                "post": f"blocks.{L}.mlp.hook_post",
+            }[s.field]
+            axes = ("batch", "pos", "d_mlp" if s.field in ("pre", "post") else "d_model")
+            if s.field == "in":
+                flags.add("use_hook_mlp_in")
+        else:  # attention
+            kv = s.field in ("k", "v") or s.port in ("k", "v")
+            heads_axis = "kv_head" if kv else "head"
+            if kv and head is not None:
+                head = spec.kv_head(head)
+            if s.field == "out" and s.head is None:
+                name, axes = f"blocks.{L}.hook_attn_out", ("batch", "pos", "d_model")
+            elif s.field == "out":
+                name, axes = f"blocks.{L}.attn.hook_result", ("batch", "pos", "head", "d_model")
+                flags.add("use_attn_result")
+            elif s.field == "in":
+                name = f"blocks.{L}.hook_{s.port}_input"
+                axes = ("batch", "pos", heads_axis, "d_model")
+                flags.add("use_split_qkv_input")
+            elif s.field in ("pattern", "scores"):
+                hook = "hook_pattern" if s.field == "pattern" else "hook_attn_scores"
+                name, axes = f"blocks.{L}.attn.{hook}", ("batch", "head", "query_pos", "key_pos")
+                head_axis, pos_axis = 1, 2
+            else:
+                name = f"blocks.{L}.attn.hook_{s.field}"
+                axes = ("batch", "pos", heads_axis, "d_head")
+                unflatten = (spec.n_kv_heads if kv else spec.n_heads, spec.d_head)
+        index: list[Any] = []
+        if head is not None or s.pos is not None:
+            index = [slice(None)] * (max(head_axis, pos_axis) + 1)
+            drop = []
+            if head is not None:
+                index[head_axis] = head
+                drop.append(head_axis)
+            if s.pos is not None:
+                index[pos_axis] = s.pos
+                drop.append(pos_axis)
+            axes = tuple(a for i, a in enumerate(axes) if i not in drop)
+        return _Binding(
+            module=self._hook_point(name),
+            unflatten=unflatten,
+            index=tuple(index),
+            axes=axes,
+            flags=frozenset(flags),
+        )
+
+    @contextlib.contextmanager
+    def _switches(self, flags: Iterable[str]) -> Iterator[None]:
+        """Turn on the bridge switches some sites need (per-head results, split q/k/v inputs,
+        hook_mlp_in) and restore them afterwards: they change the computation path (and the
+        logits by ~1e-7), so leaving them on would break bit-identical outputs."""
+        cfg = self.bridge.cfg
+        changed: list[str] = []
+        try:
+            for flag in sorted(flags):
+                if not bool(getattr(cfg, flag, False)):
+                    if flag == "use_split_qkv_input" and bool(getattr(cfg, "use_attn_in", False)):
+                        raise InterpError(
+                            "Reader-port sites (<q>, <k>, <v>) need the bridge's split q/k/v inputs, "
+                            "which cannot be on together with use_attn_in; call "
+                            "model.bridge.set_use_attn_in(False) first."
+                        )
+                    getattr(self.bridge, "set_" + flag)(True)
+                    changed.append(flag)
+            yield
+        finally:
+            for flag in reversed(changed):
+                getattr(self.bridge, "set_" + flag)(False)
+
+
+# -- plain modules ----------------------------------------------------------------------------
+
+
+class ModuleModel(HookedModel):
+    """Any ``torch.nn.Module`` (an MLP, a CNN...) with sites named after its module paths.
+
+    Examples
+    --------
+    >>> net = ModuleModel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+    >>> [str(s) for s in net.sites()][:3]
+    ['0:in', '0', '1:in']
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise InterpError(f"ModuleModel wraps a torch.nn.Module; got {type(model).__name__}.")
+        self.model = model
+        self._modules = dict(model.named_modules())
+
+    def __repr__(self) -> str:
+        return f"ModuleModel({type(self.model).__name__}, {len(self._modules) - 1} submodules)"
+
+    def sites(self) -> list[Site]:
+        """Input and output of every submodule, in registration order."""
+        out = []
+        for path in self._modules:
+            if path:
+                out += [Site("module", field="in", path=path), Site("module", path=path)]
+        return out
+
+    def _bind(self, site: Site) -> _Binding:
+        return _Binding(
+            module=self._modules[site.path], on_input=site.field == "in", axes=("batch", "...")
+        )
+
+
+def wrap(model: nn.Module, spec: ModelSpec | None = None) -> HookedModel:
+    """Wrap a bridge as a :class:`TransformerModel` and any other module as a :class:`ModuleModel`."""
+    if isinstance(model, HookedModel):
+        return model
+    if hasattr(model, "hook_dict") and hasattr(model, "cfg") and hasattr(model, "to_tokens"):
+        from ._loading import spec_from_bridge
+
+        return TransformerModel(model, spec or spec_from_bridge(model, name="bridge"))
+    return ModuleModel(model)
+

@@ -1,0 +1,79 @@
+"""``ModelSpec``: the shape of a transformer, from which graph and site indices are derived."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ._errors import GraphFormatError
+
+__all__ = ["ModelSpec"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Sizes and layout of a transformer (everything a graph or a site table needs).
+
+    Examples
+    --------
+    >>> spec = ModelSpec(name="toy", architecture="gpt2", n_layers=2, n_heads=4, d_model=32)
+    >>> spec.n_kv_heads, spec.d_head
+    (4, 8)
+    """
+
+    name: str
+    architecture: str
+    n_layers: int
+    n_heads: int
+    d_model: int
+    n_kv_heads: int | None = None
+    d_head: int | None = None
+    d_mlp: int | None = None
+    d_vocab: int | None = None
+    n_ctx: int | None = None
+    parallel_attn_mlp: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "n_heads", "d_model"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelSpec.{name} must be an int >= 1; got {value!r}.")
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.d_head is None:
+            object.__setattr__(self, "d_head", self.d_model // self.n_heads)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"ModelSpec.n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
+                f"({self.n_kv_heads})."
+            )
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+    def kv_head(self, head: int) -> int:
+        """The KV head that query head ``head`` reads keys and values from."""
+        return head // self.group_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelSpec:
+        """Inverse of :meth:`to_dict`; rejects unknown or missing keys with a clear error."""
+        if not isinstance(data, dict):
+            raise GraphFormatError(f"model spec must be an object; got {type(data).__name__}.")
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(data) - known)
+        missing = sorted({"name", "architecture", "n_layers", "n_heads", "d_model"} - set(data))
+        if extra or missing:
+            raise GraphFormatError(
+                f"model spec has unknown keys {extra} and is missing keys {missing}."
+            )
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as err:
+            raise GraphFormatError(f"model spec is invalid: {err}") from None
