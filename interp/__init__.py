@@ -26,6 +26,7 @@ from ._hooked import (
     count_hooks,
     wrap,
 )
+from ._graph import CircuitGraph, EdgeView, NodeView
 from ._loading import MODELS, from_hf, load_model
 from ._site import Site
 from ._spec import ModelSpec
@@ -38,6 +39,9 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "MODELS",
     "ActivationCache",
+    "CircuitGraph",
+    "EdgeView",
+    "NodeView",
     "GradientRun",
     "GraphFormatError",
     "HookedModel",

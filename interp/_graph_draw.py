@@ -1,0 +1,166 @@
+"""Pictures of a ``CircuitGraph``: a drawing laid out by layer (matplotlib, PNG or SVG) and a
+standalone HTML page that embeds that drawing as inline SVG (it works offline: no CDN)."""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._graph import CircuitGraph
+from ._graph_io import _node_color, node_layer
+
+
+def _chosen(g: CircuitGraph, in_graph_only: bool, max_edges: int) -> tuple[list[int], list[int]]:
+    """Node and edge indices to draw: the circuit (or everything), strongest edges first."""
+    if in_graph_only and (g.n_nodes_in_graph or g.n_edges_in_graph):
+        nodes = g.node_in_graph.nonzero().flatten().tolist()
+        edges = g.edge_in_graph.nonzero().flatten()
+    else:
+        nodes = list(range(len(g.node_names)))
+        edges = torch.arange(len(g.edge_src))
+    strength = g.edge_scores[edges].double().abs().nan_to_num(nan=0.0)
+    edges = edges[strength.argsort(descending=True, stable=True)][:max_edges].tolist()
+    return nodes, edges
+
+
+def _layout(g: CircuitGraph, nodes: list[int], edges: list[int]) -> dict[int, tuple[float, float]]:
+    """x = position within a layer, y = layer (input at the bottom, logits on top).
+
+    Transformer node names give their layer; other graphs are layered by longest path."""
+    n_layers = g.model.n_layers if g.model else None
+    layers = {i: node_layer(g.node_names[i], n_layers) for i in nodes}
+    if any(v is None or math.isinf(v) for v in layers.values()):
+        layers = _longest_path_layers(g, nodes, edges)
+    rows: dict[float, list[int]] = {}
+    for i in nodes:
+        rows.setdefault(layers[i], []).append(i)
+    pos = {}
+    for y, members in rows.items():
+        width = len(members)
+        for k, i in enumerate(members):
+            pos[i] = ((k - (width - 1) / 2), float(y))
+    return pos
+
+
+def _longest_path_layers(g: CircuitGraph, nodes: list[int], edges: list[int]) -> dict[int, float]:
+    layer = dict.fromkeys(nodes, 0.0)
+    keep = set(nodes)
+    pairs = [(int(g.edge_src[e]), int(g.edge_dst[e])) for e in edges]
+    pairs = [(s, d) for s, d in pairs if s in keep and d in keep]
+    for _ in range(len(nodes)):  # Bellman-Ford style relaxation; stops early on a DAG
+        changed = False
+        for s, d in pairs:
+            if layer[d] < layer[s] + 1 and layer[s] + 1 <= len(nodes):
+                layer[d] = layer[s] + 1
+                changed = True
+        if not changed:
+            break
+    return layer
+
+
+def draw(g: CircuitGraph, path: Any = None, *, in_graph_only: bool = True, max_edges: int = 400,
+         ax: Any = None) -> Any:
+    import matplotlib
+
+    if ax is None:
+        matplotlib.use("Agg", force=False) if path is not None else None
+    import matplotlib.pyplot as plt
+
+    nodes, edges = _chosen(g, in_graph_only, max_edges)
+    pos = _layout(g, nodes, edges)
+    width = max(6.0, min(40.0, 0.9 * max((sum(1 for p in pos.values() if p[1] == y)
+                                          for y in {p[1] for p in pos.values()}), default=1)))
+    height = max(4.0, min(40.0, 0.7 * len({p[1] for p in pos.values()}) + 1))
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(width, height))
+    scale = max((abs(float(g.edge_scores[e])) for e in edges
+                 if not math.isnan(float(g.edge_scores[e]))), default=0.0)
+    for e in edges:
+        s, d = int(g.edge_src[e]), int(g.edge_dst[e])
+        if s not in pos or d not in pos:
+            continue
+        score = float(g.edge_scores[e])
+        strength = abs(score) / scale if scale and not math.isnan(score) else 0.2
+        (x0, y0), (x1, y1) = pos[s], pos[d]
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops={"arrowstyle": "-|>", "lw": 0.3 + 3 * strength,
+                                "color": "#b2182b" if score < 0 else "#2166ac",
+                                "alpha": 0.25 + 0.6 * strength, "shrinkA": 9, "shrinkB": 9})
+    for i in nodes:
+        x, y = pos[i]
+        name = g.node_names[i]
+        ax.text(x, y, name, ha="center", va="center", fontsize=8, zorder=3,
+                bbox={"boxstyle": "round,pad=0.3", "fc": _node_color(name), "ec": "#444444"})
+    xs = [p[0] for p in pos.values()] or [0]
+    ys = [p[1] for p in pos.values()] or [0]
+    ax.set_xlim(min(xs) - 1, max(xs) + 1)
+    ax.set_ylim(min(ys) - 1, max(ys) + 1)
+    ax.set_axis_off()
+    title = g.method or "circuit"
+    if g.model:
+        title += f" on {g.model.name}"
+    ax.set_title(f"{title}: {len(nodes)} nodes, {len(edges)} edges")
+    if fig is not None:
+        fig.tight_layout()
+        if path is not None:
+            suffix = Path(path).suffix.lower().lstrip(".") or "png"
+            fig.savefig(path, format=suffix, dpi=150)
+            plt.close(fig)
+    return fig if fig is not None else ax.figure
+
+
+def _svg(g: CircuitGraph, max_edges: int) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig = draw(g, None, max_edges=max_edges)
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _table(df: Any, k: int) -> str:
+    df = df.assign(abs=df["score"].abs()).sort_values("abs", ascending=False).head(k)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns if c != "abs")
+    rows = []
+    for _, row in df.iterrows():
+        cells = "".join(
+            f"<td>{html.escape(f'{v:.6g}' if isinstance(v, float) else str(v))}</td>"
+            for c, v in row.items() if c != "abs"
+        )
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def to_html(g: CircuitGraph, path: Any = None, *, max_edges: int = 400) -> str:
+    title = html.escape(repr(g))
+    summary = html.escape(g.summary())
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: Helvetica, Arial, sans-serif; margin: 2em; color: #222; }}
+pre {{ background: #f6f6f6; padding: 1em; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
+td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: left; }}
+.figure svg {{ max-width: 100%; height: auto; }}
+</style></head><body>
+<h1>Circuit graph</h1>
+<pre>{summary}</pre>
+<div class="figure">{_svg(g, max_edges)}</div>
+<h2>Nodes (top 50 by |score|)</h2>{_table(g.nodes_df(), 50)}
+<h2>Edges (top 100 by |score|)</h2>{_table(g.edges_df(), 100) if len(g.edge_src) else "<p>none</p>"}
+</body></html>
+"""
+    if path is not None:
+        Path(path).write_text(page)
+    return page
