@@ -136,15 +136,28 @@ def embedded_gguf() -> Path:
     return files[0]
 
 
+# Dequantising a GGUF file takes ~20 s; later loads in the same process rebuild the model from
+# the dequantised weights kept here (a fresh model object every time, so callers never share one).
+_GGUF_WEIGHTS: dict[tuple[str, torch.dtype], tuple[Any, dict[str, torch.Tensor], Any]] = {}
+
+
 def _load_gguf(path: Path, *, dtype: torch.dtype, name: str, architecture_name: str | None,
                device: Any = None) -> TransformerModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    key = (str(path.resolve()), dtype)
     with _quiet():
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=dtype
-        )
+        if key not in _GGUF_WEIGHTS:
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=dtype
+            )
+            state = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
+            _GGUF_WEIGHTS[key] = (hf_model.config, state, tokenizer)
+        else:
+            config, state, tokenizer = _GGUF_WEIGHTS[key]
+            hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            hf_model.load_state_dict(state, strict=True)  # copies: no weights are shared
     return from_hf(hf_model, tokenizer, name=name, architecture_name=architecture_name,
                    device=device)
 
