@@ -216,6 +216,8 @@ class CircuitGraph:
             src.append(self._node_index[s])
             dst.append(self._node_index[d])
             port.append(port_index[p])
+        if len(set(zip(src, dst, port, strict=True))) != len(src):
+            raise GraphFormatError("Edges must be unique: some (src, dst, port) appears twice.")
         self.edge_src = torch.tensor(src, dtype=torch.long)
         self.edge_dst = torch.tensor(dst, dtype=torch.long)
         self.edge_port = torch.tensor(port, dtype=torch.long)
@@ -585,6 +587,8 @@ def _mask(values: Any, n: int, what: str) -> Tensor:
     t = torch.as_tensor(values).detach().to("cpu")
     if t.shape != (n,):
         raise GraphFormatError(f"{what} must have shape ({n},); got {tuple(t.shape)}.")
+    if t.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
     if t.dtype != torch.bool:
         raise GraphFormatError(f"{what} must be booleans; got {t.dtype}.")
     return t.clone()

@@ -1,0 +1,91 @@
+"""The `interp` command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from circuits.cli import app
+from interp import CircuitGraph, ModelSpec
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def graph_file(tmp_path):
+    spec = ModelSpec(name="toy", architecture="gpt2", n_layers=2, n_heads=2, d_model=8)
+    g = CircuitGraph.from_model(spec, method="unit-test")
+    g = g.with_scores(edge_scores=torch.linspace(-1, 1, len(g.edges))).top(4)
+    path = tmp_path / "graph.json"
+    g.to_json(path)
+    return path, g
+
+
+def test_console_script_is_installed() -> None:
+    exe = Path(sys.executable).parent / "interp"  # the venv's console script
+    assert exe.exists()
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "export" in out.stdout and "models" in out.stdout
+
+
+def test_models_lists_network_needs() -> None:
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()[1:] if line
+             and not line.startswith("Also")}
+    assert lines["smollm2-135m"] == "no" and lines["gpt2"] == "yes"
+
+
+def test_sites_of_a_tiny_model() -> None:
+    result = runner.invoke(app, ["sites", "tiny-gpt2", "--kind", "attn", "--no-heads"])
+    assert result.exit_code == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert "a1.z" in names and "a0<q>" in names and "a0.h1" not in names
+
+
+@pytest.mark.parametrize("fmt", ["json", "graphml", "dot", "csv", "html", "png", "svg", "eap-ig"])
+def test_export_every_format(graph_file, tmp_path, fmt: str) -> None:
+    path, g = graph_file
+    out = tmp_path / f"out.{fmt}"
+    result = runner.invoke(app, ["export", str(path), "--to", fmt, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and out.stat().st_size > 0
+    if fmt == "json":
+        assert CircuitGraph.from_json(out) == g
+    if fmt == "eap-ig":
+        assert set(json.loads(out.read_text())) == {"cfg", "nodes", "edges"}
+
+
+def test_show_summarises(graph_file) -> None:
+    path, g = graph_file
+    result = runner.invoke(app, ["show", str(path), "--top", "3"])
+    assert result.exit_code == 0
+    assert "unit-test" in result.stdout and "top 3 edges" in result.stdout
+    assert g.edges_df().sort_values("score", key=abs).iloc[-1]["name"] in result.stdout
+
+
+def test_bad_file_is_one_line_error(tmp_path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "interp-toolkit.circuit-graph", "format_')
+    result = runner.invoke(app, ["show", str(bad)])
+    assert result.exit_code == 1
+    assert "truncated" in result.output and "Traceback" not in result.output
+
+
+def test_unknown_model_is_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = runner.invoke(app, ["sites", "some-org/not-a-model"])
+    assert result.exit_code == 1 and "needs the network" in result.output
+
+
+def test_demo_on_a_tiny_model(tmp_path) -> None:
+    result = runner.invoke(app, ["demo", "--model", "tiny-gpt2", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "top next-token predictions" in result.stdout and "cache summary" in result.stdout
+    assert CircuitGraph.from_json(tmp_path / "graph.json").model.name == "tiny-gpt2"
