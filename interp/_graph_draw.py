@@ -40,10 +40,11 @@ def _layout(g: CircuitGraph, nodes: list[int], edges: list[int]) -> dict[int, tu
     for i in nodes:
         rows.setdefault(layers[i], []).append(i)
     pos = {}
-    for y, members in rows.items():
+    for rank, y in enumerate(sorted(rows)):  # empty layers take no room
+        members = rows[y]
         width = len(members)
         for k, i in enumerate(members):
-            pos[i] = ((k - (width - 1) / 2), float(y))
+            pos[i] = ((k - (width - 1) / 2), float(rank))
     return pos
 
 

@@ -1,0 +1,27 @@
+"""The README's quick start runs as written (from a scratch directory)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.mark.integration
+def test_quick_start_runs(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = README.read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "the README has no Python quick start"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert (tmp_path / "circuit.json").exists()
+    assert namespace["model"].top_predictions(namespace["prompt"], k=1)[0][0] == " Mary"
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    head = README.read_text().splitlines()[:6]
+    assert any("make demo" in line for line in head) and any("make test" in line for line in head)
