@@ -19,6 +19,7 @@ from ._errors import (
 )
 from ._hooked import (
     ActivationCache,
+    BlockInputs,
     GradientRun,
     HookedModel,
     ModuleModel,
@@ -27,7 +28,7 @@ from ._hooked import (
     wrap,
 )
 from ._graph import CircuitGraph, EdgeView, NodeView
-from ._loading import MODELS, from_hf, load_model
+from ._loading import MODELS, from_hf, load_model, ungroup_gqa
 from ._site import Site
 from ._spec import ModelSpec
 
@@ -39,6 +40,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "MODELS",
     "ActivationCache",
+    "BlockInputs",
     "CircuitGraph",
     "EdgeView",
     "NodeView",
@@ -58,5 +60,6 @@ __all__ = [
     "count_hooks",
     "from_hf",
     "load_model",
+    "ungroup_gqa",
     "wrap",
 ]

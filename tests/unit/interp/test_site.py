@@ -26,8 +26,8 @@ def sites(draw: st.DrawFn) -> Site:
     if kind == "attn":
         head = draw(st.none() | st.integers(0, 40))
         port = draw(st.none() | st.sampled_from(["q", "k", "v"]))
-        field = None if port else draw(
-            st.sampled_from(["out", "z", "q", "k", "v", "pattern", "scores"]))
+        fields = ["out", "z", "q", "k", "v", "pattern", "scores"] + ([] if head is not None else ["result"])
+        field = None if port else draw(st.sampled_from(fields))
         return Site(kind, draw(layers), field, head, port, draw(positions))
     segment = st.from_regex(r"[A-Za-z0-9_]{1,6}", fullmatch=True)
     path = ".".join(draw(st.lists(segment, min_size=1, max_size=4)))
