@@ -1,1 +1,45 @@
-"""circuits: circuit discovery (tasks, patching, attribution) and the command line."""
+"""circuits: circuit discovery on top of the model layer.
+
+Tasks (:func:`ioi_task`, :func:`task_from_jsonl`), activation patching (:func:`activation_patching`),
+edge patching and faithfulness (:func:`edge_patching`, :func:`faithfulness`), the gradient
+methods AtP / EAP / EAP-IG (:func:`attribution_patching`, :func:`edge_attribution`,
+:func:`node_attribution`), and :func:`discover`, which looks methods up by name.
+"""
+
+from __future__ import annotations
+
+from ._attribution import attribution_patching, edge_attribution, node_attribution
+from ._discover import METHODS, discover, register_method
+from ._edges import (
+    edge_patching,
+    exact_edge_scores,
+    faithfulness,
+    faithfulness_curve,
+    plot_faithfulness,
+    prepare_edge_model,
+)
+from ._layout import GraphLayout
+from ._patching import activation_patching
+from ._tasks import Task, TaskError, ioi_task, task_from_jsonl, task_from_pairs
+
+__all__ = [
+    "METHODS",
+    "GraphLayout",
+    "Task",
+    "TaskError",
+    "activation_patching",
+    "attribution_patching",
+    "discover",
+    "edge_attribution",
+    "edge_patching",
+    "exact_edge_scores",
+    "faithfulness",
+    "faithfulness_curve",
+    "ioi_task",
+    "node_attribution",
+    "plot_faithfulness",
+    "prepare_edge_model",
+    "register_method",
+    "task_from_jsonl",
+    "task_from_pairs",
+]

@@ -454,16 +454,20 @@ def _grad_hook(
                 "Gradients were requested but the forward pass ran without autograd; "
                 "do not wrap it in torch.no_grad()."
             )
-        replaced = None
         if not full.requires_grad:  # e.g. the raw input of a plain model
-            full = replaced = full.detach().requires_grad_(True)
+            full = full.detach().requires_grad_(True)
+        else:
+            # A fresh autograd node: where the hooked tensor is a fork of the residual stream
+            # (the bridge's hook_mlp_in passes ln2 the very tensor the residual add also uses),
+            # the gradient seen here must be that of this branch only, not of the shared tensor.
+            full = full.view_as(full)
 
         def store(grad: Tensor) -> None:
             grads[site] = binding.view(grad).detach().clone()
 
         full.register_hook(store)
         grads.tensors[site] = full
-        return replaced
+        return full
 
     return full_fn
 

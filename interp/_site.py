@@ -9,6 +9,8 @@ extends those names:
 ``input``              the embeddings as the first block reads them (resid_pre of layer 0)
 ``logits``             the unembedding output
 ``r{L}.pre|mid|post``  the residual stream before layer L, between its attention and MLP, after it
+                       (on the TransformerLens 4 bridge ``r{L}.mid`` is the copy the MLP branch
+                       reads: patching it changes the MLP's input, not the residual passing by)
 ``a{L}``               the attention block's output (all heads plus the output bias)
 ``a{L}.h{H}``          head H's output, written to the residual stream (no output bias)
 ``a{L}.result``        every head's output at once, shape (batch, pos, head, d_model)

@@ -1,0 +1,151 @@
+"""``discover``: one entry point for every circuit-discovery method, looked up in a registry.
+
+A method is a function ``(model, task, level, **options) -> CircuitGraph`` registered under a
+name with the levels it supports. Scores always estimate (or, for activation patching, measure)
+``m(patched) - m(base)`` in the chosen direction; circuits keep the largest ``|score|``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from interp import CircuitGraph, InterpError, TransformerModel
+from interp._errors import did_you_mean
+
+from ._attribution import edge_attribution, node_attribution
+from ._edges import exact_edge_scores
+from ._patching import activation_patching, base_and_source
+from ._tasks import Task
+
+__all__ = ["METHODS", "MethodEntry", "discover", "register_method"]
+
+Method = Callable[..., CircuitGraph]
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    fn: Method
+    levels: tuple[str, ...]
+    description: str
+
+
+METHODS: dict[str, MethodEntry] = {}
+
+
+def register_method(name: str, *, levels: tuple[str, ...], description: str) -> Callable[[Method], Method]:
+    """Register a discovery method under ``name`` (a decorator)."""
+
+    def add(fn: Method) -> Method:
+        if name in METHODS:
+            raise InterpError(f"A method named {name!r} is already registered.")
+        METHODS[name] = MethodEntry(name, fn, levels, description)
+        return fn
+
+    return add
+
+
+def discover(
+    model: TransformerModel,
+    task: Task,
+    method: str = "eap-ig",
+    level: str = "edge",
+    **options: Any,
+) -> CircuitGraph:
+    """Score the model's graph for a task with a registered method.
+
+    Parameters
+    ----------
+    model : TransformerModel
+    task : Task
+    method : str
+        ``activation-patching``, ``atp``, ``eap``, ``eap-ig`` (see ``METHODS``).
+    level : {"edge", "node"}
+    **options
+        Passed to the method (``direction``, ``ig_steps``, ...).
+
+    Returns
+    -------
+    CircuitGraph
+        Scored, nothing selected yet: use ``.top(k)`` / ``.threshold(x)`` for a circuit. The
+        time taken is in ``graph.meta["seconds"]``.
+
+    Examples
+    --------
+    >>> model = load_model("tiny-gpt2")
+    >>> graph = discover(model, ioi_task(model, 4), "eap", "edge")
+    >>> circuit = graph.top(20)
+    """
+    entry = METHODS.get(method)
+    if entry is None:
+        raise InterpError(
+            f"Unknown method {method!r}; registered: {', '.join(METHODS)}."
+            + did_you_mean(method, METHODS)
+        )
+    if level not in entry.levels:
+        raise InterpError(
+            f"Method {method!r} scores {' and '.join(entry.levels)}s, not {level}s."
+        )
+    start = time.perf_counter()
+    graph = entry.fn(model, task, level, **options)
+    seconds = time.perf_counter() - start
+    return graph.copy(method=method, meta={**graph.meta, "level": level, "seconds": seconds,
+                                           "n_prompts": len(task)})
+
+
+@register_method("activation-patching", levels=("node", "edge"),
+                 description="patch each node (or, slowly, each edge) alone: the ground truth")
+def _activation_patching(model: TransformerModel, task: Task, level: str, *,
+                         direction: str = "denoising", progress: bool | None = None,
+                         **options: Any) -> CircuitGraph:
+    graph = CircuitGraph.from_model(model, metric=task.metric_name, task=task.name,
+                                    meta={"direction": direction})
+    if level == "edge":
+        scores = exact_edge_scores(model, graph, task, direction=direction, progress=progress,
+                                   **options)
+        return graph.with_scores(edge_scores=scores)
+    base, _ = base_and_source(task, direction)
+    with torch.no_grad():
+        m_base = float(task.logit_diff(model(base)))
+    heads = activation_patching(model, task, "heads", direction=direction, progress=progress,
+                                **options) - m_base
+    mlps = activation_patching(model, task, "mlp", direction=direction, progress=progress,
+                               **options) - m_base
+    whole = activation_patching(model, task, "resid", direction=direction, progress=False,
+                                **options)[0] - m_base  # patching the input = the other run
+    scores = torch.full((len(graph.node_names),), float("nan"))
+    index = graph._node_index
+    scores[index["input"]] = whole
+    for layer in range(model.spec.n_layers):
+        for head in range(model.spec.n_heads):
+            scores[index[f"a{layer}.h{head}"]] = heads[layer, head]
+        scores[index[f"m{layer}"]] = mlps[layer]
+    return graph.with_scores(node_scores=scores)
+
+
+@register_method("atp", levels=("node",),
+                 description="attribution patching: activation difference x gradient per node")
+def _atp(model: TransformerModel, task: Task, level: str, **options: Any) -> CircuitGraph:
+    return node_attribution(model, None, task, ig_steps=1, **options)
+
+
+@register_method("eap", levels=("edge", "node"),
+                 description="edge attribution patching (node level: AtP)")
+def _eap(model: TransformerModel, task: Task, level: str, **options: Any) -> CircuitGraph:
+    if level == "node":
+        return node_attribution(model, None, task, ig_steps=1, **options)
+    return edge_attribution(model, None, task, ig_steps=1, **options)
+
+
+@register_method("eap-ig", levels=("edge", "node"),
+                 description="EAP with integrated gradients over the input embeddings (5 steps)")
+def _eap_ig(model: TransformerModel, task: Task, level: str, *, ig_steps: int = 5,
+            **options: Any) -> CircuitGraph:
+    if level == "node":
+        return node_attribution(model, None, task, ig_steps=ig_steps, **options)
+    return edge_attribution(model, None, task, ig_steps=ig_steps, **options)

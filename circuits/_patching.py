@@ -1,0 +1,176 @@
+"""Activation patching, the ground truth, batched.
+
+For every cell (a layer, and a head and/or a position) the activation of the base run is replaced
+by that of the source run and the metric is measured. Two things make it fast:
+
+- the base run's residual entering each block is kept, so a patch at layer L restarts the
+  forward pass at block L instead of recomputing the layers below it;
+- many cells ride in one forward pass: the batch is stacked once per cell, each copy patched at
+  its own cell, and only the last position of each prompt is unembedded.
+
+``direction="denoising"`` (the default) runs the corrupted prompts and patches in clean
+activations; ``"noising"`` runs the clean prompts and patches in corrupted ones. Values are the
+raw metric of each patched run, as TransformerLens' ``get_act_patch_*`` functions return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp import InterpError, Site, TransformerModel
+
+from ._tasks import Task
+
+__all__ = ["COMPONENTS", "activation_patching", "base_and_source"]
+
+Component = Literal["heads", "attn", "mlp", "resid"]
+Direction = Literal["denoising", "noising"]
+COMPONENTS: dict[str, str] = {
+    "heads": "a{layer}.z",  # per head: [batch, pos, head, d_head]; as TL's hook_z patches
+    "attn": "a{layer}",
+    "mlp": "m{layer}",
+    "resid": "r{layer}.pre",
+}
+DEFAULT_TOKENS_PER_PASS = 4096
+
+
+@dataclass(frozen=True)
+class _Cell:
+    layer: int
+    head: int | None
+    pos: int | None
+
+
+def base_and_source(task: Task, direction: str) -> tuple[Tensor, Tensor]:
+    """(tokens that are run, tokens whose activations are patched in) for a direction."""
+    if direction == "denoising":
+        return task.corrupt, task.clean
+    if direction == "noising":
+        return task.clean, task.corrupt
+    raise InterpError(f"direction must be 'denoising' or 'noising'; got {direction!r}.")
+
+
+def _cells(model: TransformerModel, component: str, per_position: bool, n_pos: int) -> list[_Cell]:
+    spec = model.spec
+    heads = range(spec.n_heads) if component == "heads" else [None]
+    positions = range(n_pos) if per_position else [None]
+    return [_Cell(layer, head, pos) for layer in range(spec.n_layers)
+            for pos in positions for head in heads]
+
+
+def _chunks(cells: list[_Cell], size: int) -> Iterator[list[_Cell]]:
+    """Consecutive cells of one layer, at most ``size`` at a time."""
+    start = 0
+    while start < len(cells):
+        end = start + 1
+        while end < len(cells) and end - start < size and cells[end].layer == cells[start].layer:
+            end += 1
+        yield cells[start:end]
+        start = end
+
+
+def _patcher(cells: list[_Cell], source: Tensor, n: int) -> Callable[[Tensor, Site], Tensor]:
+    """A hook putting, in stacked copy k, cell k's slice of the source activation.
+
+    Activations are (copies * n, pos, ...) with the head axis third when there is one."""
+
+    def patch(x: Tensor, site: Site) -> Tensor:
+        out = x.clone()
+        copies = out.view(len(cells), n, *out.shape[1:])
+        for k, cell in enumerate(cells):
+            index: tuple = (k, slice(None), slice(None) if cell.pos is None else cell.pos)
+            src_index: tuple = (slice(None), slice(None) if cell.pos is None else cell.pos)
+            if cell.head is not None:
+                index += (cell.head,)
+                src_index += (cell.head,)
+            copies[index] = source[src_index]
+        return out
+
+    return patch
+
+
+def activation_patching(
+    model: TransformerModel,
+    task: Task,
+    component: Component = "heads",
+    *,
+    per_position: bool = False,
+    direction: Direction = "denoising",
+    tokens_per_pass: int = DEFAULT_TOKENS_PER_PASS,
+    progress: bool | None = None,
+) -> Tensor:
+    """Patch every layer (and head and/or position) of a component; the metric of each run.
+
+    Parameters
+    ----------
+    model : TransformerModel
+    task : Task
+    component : {"heads", "attn", "mlp", "resid"}
+        Attention heads (their z, as TransformerLens patches them), attention block outputs,
+        MLP outputs, or the residual stream entering each block.
+    per_position : bool
+        One cell per token position too (else all positions are patched at once).
+    direction : {"denoising", "noising"}
+    tokens_per_pass : int
+        How many tokens (copies x prompts x positions) one forward pass may carry.
+    progress : bool, optional
+        Show a progress bar (default: when attached to a terminal).
+
+    Returns
+    -------
+    Tensor
+        ``heads``: (layer, head) or (layer, pos, head); others: (layer,) or (layer, pos). The
+        task metric (mean logit difference) of each patched run.
+
+    Examples
+    --------
+    >>> model = load_model("tiny-gpt2")
+    >>> task = ioi_task(model, 4, template_ids=[0])
+    >>> activation_patching(model, task, "heads").shape
+    torch.Size([2, 4])
+    """
+    if component not in COMPONENTS:
+        raise InterpError(f"component must be one of {list(COMPONENTS)}; got {component!r}.")
+    if tokens_per_pass < 1:
+        raise InterpError(f"tokens_per_pass must be >= 1; got {tokens_per_pass}.")
+    base, source = base_and_source(task, direction)
+    n, n_pos = base.shape
+    spec = model.spec
+    sites = [COMPONENTS[component].format(layer=layer) for layer in range(spec.n_layers)]
+    with torch.no_grad():
+        _, source_cache = model.run_with_cache(source, sites)
+        _, inputs = model.block_inputs(base)
+    cells = _cells(model, component, per_position, n_pos)
+    per_pass = max(1, tokens_per_pass // (n * n_pos))
+    values = torch.empty(len(cells))
+    done = 0
+    bar = tqdm(total=len(cells), desc=f"patching {component}", disable=progress is False
+               if progress is not None else None, leave=False)
+    with torch.no_grad(), bar:
+        for chunk in _chunks(cells, per_pass):
+            layer, copies = chunk[0].layer, len(chunk)
+            resid = inputs.resid[layer].repeat(copies, 1, 1)
+            patch = _patcher(chunk, source_cache[sites[layer]], n)
+            if component == "resid":
+                resid = patch(resid, Site.parse(sites[layer]))
+                hooks = {}
+            else:
+                hooks = {sites[layer]: patch}
+            with model.hooks(hooks):
+                logits = model.forward_from(layer, resid, inputs,
+                                            positions=task.last_positions(copies))
+            values[done:done + copies] = task.logit_diff(logits, per_copy=True).float()
+            done += copies
+            bar.update(copies)
+    shape: tuple[int, ...] = (spec.n_layers,)
+    if per_position:
+        shape += (n_pos,)
+    if component == "heads":
+        shape += (spec.n_heads,)
+    return values.view(shape)

@@ -1,0 +1,316 @@
+"""Tasks: clean/corrupted prompt pairs with answer tokens, and their metric.
+
+Built in: indirect-object identification (IOI) after Wang et al. 2022, with their 15 BABA
+templates and ABBA twins, the names/places/objects shipped in ``data/ioi.json`` and the ABC
+corruption (the three name slots filled with three unrelated names). Any other task comes from
+a JSONL file of ``{"clean", "corrupt", "answer", "wrong"}`` lines.
+
+Prompts are tokenised one by one (BOS first when ``prepend_bos``, which is the default) and
+right-padded, so every prompt keeps its own positions; the metric reads each prompt's logits
+at its last real token.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from interp import InterpError, TransformerModel
+from interp._loading import DATA_DIR
+
+__all__ = ["Task", "TaskError", "ioi_task", "task_from_jsonl", "task_from_pairs"]
+
+
+class TaskError(InterpError, ValueError):
+    """A task that cannot be built from the given prompts."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """Clean and corrupted prompts, answer tokens, and the logit-difference metric.
+
+    Attributes
+    ----------
+    clean, corrupt : Tensor of shape (n, pos)
+        Token ids, right-padded; pair i has the same length in both.
+    lengths : Tensor of shape (n,)
+        Tokens of each prompt (BOS included).
+    answer, wrong : Tensor of shape (n,)
+        The token that should win, and the one it is compared with.
+    """
+
+    name: str
+    clean: Tensor
+    corrupt: Tensor
+    lengths: Tensor
+    answer: Tensor
+    wrong: Tensor
+    prepend_bos: bool = True
+    clean_text: tuple[str, ...] = ()
+    corrupt_text: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+    metric_name: str = "logit_diff"
+
+    def __len__(self) -> int:
+        return self.clean.shape[0]
+
+    @property
+    def equal_lengths(self) -> bool:
+        return bool((self.lengths == self.lengths[0]).all())
+
+    def last_positions(self, copies: int = 1) -> Tensor:
+        """Index of each prompt's last token, repeated for ``copies`` stacked copies."""
+        return (self.lengths - 1).repeat(copies)
+
+    def logit_diff(self, logits: Tensor, *, per_copy: bool = False) -> Tensor:
+        """Mean of ``logit(answer) - logit(wrong)`` at each prompt's last token.
+
+        Parameters
+        ----------
+        logits : Tensor of shape (copies * n, pos, vocab) or (copies * n, vocab)
+            Full logits, or logits already taken at the last positions.
+        per_copy : bool
+            Return one mean per stacked copy (shape ``(copies,)``) instead of a scalar.
+        """
+        n = len(self)
+        copies = logits.shape[0] // n
+        if logits.shape[0] != copies * n:
+            raise TaskError(f"Expected logits for copies of {n} prompts; got {logits.shape[0]} rows.")
+        rows = torch.arange(copies * n, device=logits.device)
+        if logits.ndim == 3:
+            logits = logits[rows, self.last_positions(copies).to(logits.device)]
+        answer = self.answer.repeat(copies).to(logits.device)
+        wrong = self.wrong.repeat(copies).to(logits.device)
+        diff = logits[rows, answer] - logits[rows, wrong]
+        means = diff.view(copies, n).mean(1)
+        return means if per_copy else means.mean()
+
+    def subset(self, index: Sequence[int] | slice) -> Task:
+        """The task restricted to some prompts."""
+        idx = torch.arange(len(self))[index]
+        keep = idx.tolist()
+        return Task(
+            self.name, self.clean[idx], self.corrupt[idx], self.lengths[idx], self.answer[idx],
+            self.wrong[idx], self.prepend_bos, tuple(self.clean_text[i] for i in keep),
+            tuple(self.corrupt_text[i] for i in keep), dict(self.meta), self.metric_name,
+        )
+
+
+# -- building tasks ------------------------------------------------------------------------------
+
+
+def _single_token(model: TransformerModel, text: str) -> int | None:
+    ids = model.tokenizer(text, add_special_tokens=False).input_ids
+    return ids[0] if len(ids) == 1 else None
+
+
+def _tokenize(model: TransformerModel, texts: Sequence[str], prepend_bos: bool) -> list[Tensor]:
+    return [model.to_tokens(t, prepend_bos=prepend_bos)[0] for t in texts]
+
+
+def _pad(rows: list[Tensor], pad: int) -> Tensor:
+    out = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def task_from_pairs(
+    model: TransformerModel,
+    clean: Sequence[str],
+    corrupt: Sequence[str],
+    answers: Sequence[str],
+    wrongs: Sequence[str],
+    *,
+    name: str = "task",
+    prepend_bos: bool = True,
+    where: Sequence[str] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Task:
+    """Build a task from prompt pairs and answer strings (each answer must be one token).
+
+    ``where`` names each pair in error messages (e.g. ``"line 3"``).
+    """
+    n = len(clean)
+    if not n or not (len(corrupt) == len(answers) == len(wrongs) == n):
+        raise TaskError(
+            f"A task needs as many corrupted prompts, answers and wrong answers as clean prompts "
+            f"(got {n}, {len(corrupt)}, {len(answers)}, {len(wrongs)}), and at least one."
+        )
+    where = list(where) if where is not None else [f"pair {i}" for i in range(n)]
+    clean_tok = _tokenize(model, clean, prepend_bos)
+    corrupt_tok = _tokenize(model, corrupt, prepend_bos)
+    answer_ids, wrong_ids = [], []
+    for i in range(n):
+        if len(clean_tok[i]) != len(corrupt_tok[i]):
+            raise TaskError(
+                f"{where[i]}: the clean prompt is {len(clean_tok[i])} tokens and the corrupted one "
+                f"{len(corrupt_tok[i])}; patching needs equal lengths. Clean: {clean[i]!r}; "
+                f"corrupted: {corrupt[i]!r}."
+            )
+        for label, text, out in (("answer", answers[i], answer_ids), ("wrong", wrongs[i], wrong_ids)):
+            token = _single_token(model, text)
+            if token is None:
+                pieces = model.tokenizer.tokenize(text)
+                raise TaskError(
+                    f"{where[i]}: the {label} {text!r} is {len(pieces)} tokens for this model "
+                    f"({pieces}); it must be one (names usually need a leading space)."
+                )
+            out.append(token)
+    pad = model.tokenizer.pad_token_id
+    pad = 0 if pad is None else int(pad)
+    return Task(
+        name=name,
+        clean=_pad(clean_tok, pad),
+        corrupt=_pad(corrupt_tok, pad),
+        lengths=torch.tensor([len(t) for t in clean_tok]),
+        answer=torch.tensor(answer_ids),
+        wrong=torch.tensor(wrong_ids),
+        prepend_bos=prepend_bos,
+        clean_text=tuple(clean),
+        corrupt_text=tuple(corrupt),
+        meta=dict(meta or {}),
+    )
+
+
+def task_from_jsonl(model: TransformerModel, path: str | Path, *, prepend_bos: bool = True) -> Task:
+    """Load a task from a JSONL file of ``{"clean", "corrupt", "answer", "wrong"}`` objects."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskError(f"No task file at {str(path)!r}.")
+    rows: dict[str, list[str]] = {"clean": [], "corrupt": [], "answer": [], "wrong": []}
+    where = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskError(f"{path.name} line {number}: not valid JSON ({err.msg}).") from None
+        if not isinstance(item, dict) or set(item) < set(rows):
+            missing = sorted(set(rows) - set(item)) if isinstance(item, dict) else sorted(rows)
+            raise TaskError(f"{path.name} line {number}: missing keys {missing}.")
+        for key in rows:
+            if not isinstance(item[key], str):
+                raise TaskError(f"{path.name} line {number}: {key!r} must be a string.")
+            rows[key].append(item[key])
+        where.append(f"{path.name} line {number}")
+    if not where:
+        raise TaskError(f"{path.name} has no prompt pairs.")
+    return task_from_pairs(model, rows["clean"], rows["corrupt"], rows["answer"], rows["wrong"],
+                           name=path.stem, prepend_bos=prepend_bos, where=where,
+                           meta={"source": str(path)})
+
+
+# -- IOI -----------------------------------------------------------------------------------------
+
+
+def ioi_data() -> dict[str, Any]:
+    """Names, places, objects and BABA templates shipped in ``data/ioi.json``."""
+    return json.loads((DATA_DIR / "ioi.json").read_text())
+
+
+def abba(template: str) -> str:
+    """The ABBA twin of a BABA template: the names of the first clause swapped."""
+    first_b, first_a = template.index("[B]"), template.index("[A]")
+    out = list(template)
+    out[first_b + 1], out[first_a + 1] = "A", "B"
+    return "".join(out)
+
+
+def _fill(template: str, names: Sequence[str], place: str, obj: str) -> str:
+    """Fill the name slots in order of appearance with ``names``."""
+    text = template.replace("[PLACE]", place).replace("[OBJECT]", obj)
+    slots = iter(names)
+    return re.sub(r"\[[AB]\]", lambda m: next(slots), text)
+
+
+def ioi_task(
+    model: TransformerModel,
+    n_prompts: int = 16,
+    *,
+    seed: int = 0,
+    templates: str = "mixed",
+    template_ids: Sequence[int] | None = None,
+    prepend_bos: bool = True,
+) -> Task:
+    """Indirect-object identification prompts with the ABC corruption.
+
+    Parameters
+    ----------
+    model : TransformerModel
+        Names are kept only if they are one token (with a leading space) for its tokenizer.
+    n_prompts : int
+    seed : int
+    templates : {"mixed", "BABA", "ABBA"}
+        Which name order; "mixed" alternates.
+    template_ids : sequence of int, optional
+        Use only these of the 15 templates (e.g. ``[0]`` for equal-length prompts).
+    prepend_bos : bool
+
+    Returns
+    -------
+    Task
+        Clean prompt "... [S] gave a drink to" with answer " [IO]" and wrong " [S]"; the
+        corrupted prompt has the IO and both S slots filled with three other names.
+
+    Examples
+    --------
+    >>> task = ioi_task(load_model("tiny-gpt2"), 4, template_ids=[0])
+    >>> task.clean_text[0]  # doctest: +SKIP
+    'Then, Jessica and Kelly went to the school. Jessica gave a ring to'
+    """
+    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
+        raise TaskError(f"n_prompts must be an int >= 1; got {n_prompts!r}.")
+    if templates not in ("mixed", "BABA", "ABBA"):
+        raise TaskError(f"templates must be 'mixed', 'BABA' or 'ABBA'; got {templates!r}.")
+    data = ioi_data()
+    baba = data["baba_templates"]
+    ids = list(range(len(baba))) if template_ids is None else list(template_ids)
+    if not ids or any(not 0 <= i < len(baba) for i in ids):
+        raise TaskError(f"template_ids must be in 0..{len(baba) - 1}; got {template_ids!r}.")
+    names = [n for n in data["names"] if _single_token(model, " " + n) is not None]
+    if len(names) < 5:
+        raise TaskError(
+            f"Only {len(names)} of the IOI names are one token for this tokenizer; need 5."
+        )
+    rng = random.Random(seed)
+    clean, corrupt, answers, wrongs, meta_rows = [], [], [], [], []
+    for i in range(n_prompts):
+        order = templates if templates != "mixed" else ("BABA", "ABBA")[i % 2]
+        tid = rng.choice(ids)
+        template = baba[tid] if order == "BABA" else abba(baba[tid])
+        io, s, c1, c2, c3 = rng.sample(names, 5)
+        place, obj = rng.choice(data["places"]), rng.choice(data["objects"])
+        slot_names = {"A": io, "B": s}
+        order_of_slots = re.findall(r"\[([AB])\]", template)
+        text = _fill(template, [slot_names[x] for x in order_of_slots], place, obj)
+        prompt = text[: text.rindex(" " + io)]  # the final IO is what the model must say
+        # ABC: the IO slot and both S slots get three names unrelated to the clean ones
+        abc = {"A": c1}
+        fills, s_seen = [], 0
+        for slot in order_of_slots[:-1]:
+            if slot == "A":
+                fills.append(abc["A"])
+            else:
+                fills.append((c2, c3)[min(s_seen, 1)])
+                s_seen += 1
+        corrupt_text = _fill(template.rsplit(" [A]", 1)[0], fills, place, obj)
+        clean.append(prompt)
+        corrupt.append(corrupt_text)
+        answers.append(" " + io)
+        wrongs.append(" " + s)
+        meta_rows.append({"template": tid, "order": order, "io": io, "s": s})
+    return task_from_pairs(
+        model, clean, corrupt, answers, wrongs, name="ioi", prepend_bos=prepend_bos,
+        meta={"seed": seed, "templates": templates, "prompts": meta_rows,
+              "n_names": len(names)},
+    )
