@@ -133,7 +133,7 @@ def attribution_patching(
         total = scores if total is None else total + scores
     with torch.no_grad():
         m_base = float(task.logit_diff(model(base)))
-    return m_base + total.float()
+    return m_base + total
 
 
 def _writer_deltas(model: TransformerModel, layout: GraphLayout, task: Task,

@@ -148,7 +148,7 @@ def activation_patching(
         _, inputs = model.block_inputs(base)
     cells = _cells(model, component, per_position, n_pos)
     per_pass = max(1, tokens_per_pass // (n * n_pos))
-    values = torch.empty(len(cells))
+    values = torch.empty(len(cells), dtype=inputs.resid[0].dtype)
     done = 0
     bar = tqdm(total=len(cells), desc=f"patching {component}", disable=progress is False
                if progress is not None else None, leave=False)
@@ -165,7 +165,7 @@ def activation_patching(
             with model.hooks(hooks):
                 logits = model.forward_from(layer, resid, inputs,
                                             positions=task.last_positions(copies))
-            values[done:done + copies] = task.logit_diff(logits, per_copy=True).float()
+            values[done:done + copies] = task.logit_diff(logits, per_copy=True)
             done += copies
             bar.update(copies)
     shape: tuple[int, ...] = (spec.n_layers,)

@@ -308,7 +308,8 @@ def ioi_task(
         corrupt.append(corrupt_text)
         answers.append(" " + io)
         wrongs.append(" " + s)
-        meta_rows.append({"template": tid, "order": order, "io": io, "s": s})
+        meta_rows.append({"template": tid, "order": order, "io": io, "s": s,
+                          "abc": [c1, c2, c3]})
     return task_from_pairs(
         model, clean, corrupt, answers, wrongs, name="ioi", prepend_bos=prepend_bos,
         meta={"seed": seed, "templates": templates, "prompts": meta_rows,

@@ -8,6 +8,7 @@ Errors the user can fix print one line and exit with status 1 (no traceback).
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -126,31 +127,147 @@ def show(
     typer.echo(_read_graph(graph).summary(top))
 
 
+def _task(model: Any, task: str, n_prompts: int, seed: int) -> Any:
+    from circuits import ioi_task, task_from_jsonl
+
+    if task == "ioi":
+        return ioi_task(model, n_prompts, seed=seed)
+    if task.endswith(".jsonl"):
+        return task_from_jsonl(model, task)
+    raise InterpError(f"--task must be 'ioi' or a .jsonl file; got {task!r}.")
+
+
+class Level(str, Enum):
+    node = "node"
+    edge = "edge"
+
+
+def _run_discovery(model_name: str, task_name: str, method: str, level: str, n_prompts: int,
+                   top: int, seed: int) -> tuple[Any, Any, dict[str, Any]]:
+    from circuits import discover, faithfulness
+
+    model = _load(model_name)
+    task = _task(model, task_name, n_prompts, seed)
+    typer.echo(f"task {task.name}: {len(task)} prompt pairs; running {method} ({level} level) ...",
+               err=True)
+    graph = discover(model, task, method, level)
+    circuit = graph.top(min(top, _n_scored(graph, level)), level=level)
+    typer.echo("measuring faithfulness ...", err=True)
+    result = faithfulness(model, circuit, task)
+    circuit = circuit.copy(meta={**circuit.meta, "faithfulness": result["faithfulness"],
+                                 "top": top, "seed": seed})
+    return model, circuit, result
+
+
+def _n_scored(graph: CircuitGraph, level: str) -> int:
+    scores = graph.edge_scores if level == "edge" else graph.node_scores
+    return int((~scores.isnan()).sum()) - (2 if level == "node" else 0)
+
+
+@app.command()
+@_friendly
+def discover(
+    model: str = typer.Option("smollm2-135m", help="Model name or path."),
+    task: str = typer.Option("ioi", help="'ioi' or a JSONL file of clean/corrupt/answer/wrong."),
+    method: str = typer.Option("eap-ig", help="activation-patching, atp, eap or eap-ig."),
+    level: Level = typer.Option(Level.edge, help="Score edges or nodes."),
+    n_prompts: int = typer.Option(16, help="IOI prompt pairs."),
+    top: int = typer.Option(200, help="Keep the top K edges (or nodes)."),
+    seed: int = typer.Option(0, help="Seed of the IOI generator."),
+    out: Path = typer.Option(Path("out/circuit.json"), help="Where to write the circuit (JSON)."),
+    png: Path = typer.Option(None, help="Also draw the circuit to this PNG."),
+    html: Path = typer.Option(None, help="Also write a standalone HTML page."),
+    json_summary: bool = typer.Option(False, "--json-summary",
+                                      help="End with one line of JSON (for scripts)."),
+) -> None:
+    """Discover a circuit, measure its faithfulness and write it out."""
+    start = time.perf_counter()
+    _, circuit, result = _run_discovery(model, task, method, level.value, n_prompts, top, seed)
+    seconds = time.perf_counter() - start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    circuit.to_json(out)
+    written = [str(out)]
+    for path, write in ((png, circuit.draw), (html, circuit.to_html)):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(path)
+            written.append(str(path))
+    typer.echo(circuit.summary(10))
+    typer.echo(
+        f"\ncircuit: {result['n_nodes']} nodes, {result['n_edges']} edges; faithfulness "
+        f"{result['faithfulness']:.3f} (logit diff {result['metric']:.3f}; clean "
+        f"{result['clean']:.3f}, corrupted {result['corrupt']:.3f}); {seconds:.1f} s"
+    )
+    typer.echo("wrote " + ", ".join(written))
+    if json_summary:
+        summary = {"method": method, "level": level.value, "n_nodes": result["n_nodes"],
+                   "n_edges": result["n_edges"], "faithfulness": result["faithfulness"],
+                   "metric": result["metric"], "clean": result["clean"],
+                   "corrupt": result["corrupt"], "seconds": seconds,
+                   "discovery_seconds": circuit.meta.get("seconds"), "out": str(out)}
+        typer.echo(json.dumps(summary))
+
+
+@app.command()
+@_friendly
+def evaluate(
+    graph: Path = typer.Argument(..., help="A circuit-graph JSON file."),
+    model: str = typer.Option("smollm2-135m", help="Model name or path."),
+    task: str = typer.Option("ioi", help="'ioi' or a JSONL file."),
+    n_prompts: int = typer.Option(16, help="IOI prompt pairs."),
+    seed: int = typer.Option(0, help="Seed of the IOI generator."),
+    top: int = typer.Option(None, help="Re-select the top K by the stored scores first."),
+    level: Level = typer.Option(Level.edge, help="Level of --top."),
+) -> None:
+    """Print the faithfulness of a stored circuit."""
+    from circuits import faithfulness
+
+    g = _read_graph(graph)
+    loaded = _load(model)
+    if g.model is not None and (g.model.n_layers, g.model.n_heads) != (
+            loaded.spec.n_layers, loaded.spec.n_heads):
+        raise InterpError(
+            f"The graph is for {g.model.name} ({g.model.n_layers} layers, {g.model.n_heads} "
+            f"heads), not {loaded.spec.name}; pass the matching --model."
+        )
+    if top is not None:
+        g = g.top(top, level=level.value)
+    result = faithfulness(loaded, g, _task(loaded, task, n_prompts, seed))
+    typer.echo(
+        f"faithfulness {result['faithfulness']:.4f}  (circuit logit diff {result['metric']:.4f}; "
+        f"clean {result['clean']:.4f}; corrupted {result['corrupt']:.4f}; "
+        f"{result['n_nodes']} nodes, {result['n_edges']} edges)"
+    )
+
+
 @app.command()
 @_friendly
 def demo(
     model: str = typer.Option("smollm2-135m", help="Model to run."),
-    prompt: str = typer.Option(DEMO_PROMPT, help="Prompt to complete."),
-    out: Path = typer.Option(Path("out"), help="Folder for the files the demo writes."),
+    method: str = typer.Option("eap-ig", help="Discovery method."),
+    n_prompts: int = typer.Option(8, help="IOI prompt pairs."),
+    top: int = typer.Option(1000, help="Edges to keep."),
+    out: Path = typer.Option(Path("out"), help="Folder for the circuit files."),
 ) -> None:
-    """Load the embedded model, complete an IOI prompt, summarise a cache of its activations."""
-    loaded = _load(model)
-    typer.echo(f"\nprompt: {prompt!r}")
-    typer.echo("top next-token predictions:")
-    for token, logit, prob in loaded.top_predictions(prompt, k=5):
-        typer.echo(f"  {token!r:<14} logit {logit:7.3f}   p {prob:.3f}")
-    last = loaded.spec.n_layers - 1
-    watched = ["input", "r0.mid", f"a{last}", f"a{last}.h0", f"a{last}.pattern", f"m{last}",
-               f"r{last}.post", "logits"]
-    _, cache = loaded.run_with_cache(prompt, watched)
-    typer.echo("\ncache summary:")
-    typer.echo(cache.summary())
+    """IOI circuit discovery on the embedded model; writes the circuit as JSON, PNG and HTML."""
+    start = time.perf_counter()
+    loaded, circuit, result = _run_discovery(model, "ioi", method, "edge", n_prompts, top, 0)
+    prompt = DEMO_PROMPT
+    typer.echo(f"\n{prompt!r} -> " + ", ".join(
+        f"{tok!r} {p:.2f}" for tok, _, p in loaded.top_predictions(prompt, k=3)))
     out.mkdir(parents=True, exist_ok=True)
-    graph = CircuitGraph.from_model(loaded, method="none (full graph)", task=prompt)
-    path = out / "graph.json"
-    graph.to_json(path)
-    typer.echo(f"\nwrote the model's full computational graph ({len(graph.nodes)} nodes, "
-               f"{len(graph.edges)} edges) to {path}")
+    paths = {"json": out / "circuit.json", "png": out / "circuit.png", "html": out / "circuit.html"}
+    circuit.to_json(paths["json"])
+    circuit.draw(paths["png"], max_edges=150)
+    circuit.to_html(paths["html"], max_edges=150)
+    typer.echo(circuit.summary(10))
+    typer.echo(
+        f"\n{method} circuit of the top {top} edges: {result['n_nodes']} nodes, "
+        f"{result['n_edges']} edges after pruning; faithfulness {result['faithfulness']:.3f} "
+        f"(logit diff {result['metric']:.2f}; clean {result['clean']:.2f}, corrupted "
+        f"{result['corrupt']:.2f}); {time.perf_counter() - start:.0f} s in all"
+    )
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def main() -> None:

@@ -74,9 +74,10 @@ def draw(g: CircuitGraph, path: Any = None, *, in_graph_only: bool = True, max_e
 
     nodes, edges = _chosen(g, in_graph_only, max_edges)
     pos = _layout(g, nodes, edges)
-    width = max(6.0, min(40.0, 0.9 * max((sum(1 for p in pos.values() if p[1] == y)
-                                          for y in {p[1] for p in pos.values()}), default=1)))
-    height = max(4.0, min(40.0, 0.7 * len({p[1] for p in pos.values()}) + 1))
+    rows = {p[1] for p in pos.values()}
+    widest = max((sum(1 for p in pos.values() if p[1] == y) for y in rows), default=1)
+    width = max(6.0, min(24.0, 0.9 * widest))
+    height = max(4.0, min(14.0, 0.3 * len(rows) + 1))
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(width, height))

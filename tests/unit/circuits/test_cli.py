@@ -85,7 +85,39 @@ def test_unknown_model_is_one_line_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_demo_on_a_tiny_model(tmp_path) -> None:
-    result = runner.invoke(app, ["demo", "--model", "tiny-gpt2", "--out", str(tmp_path)])
+    result = runner.invoke(app, ["demo", "--model", "tiny-gpt2", "--top", "30", "--out",
+                                 str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "top next-token predictions" in result.stdout and "cache summary" in result.stdout
-    assert CircuitGraph.from_json(tmp_path / "graph.json").model.name == "tiny-gpt2"
+    assert "faithfulness" in result.stdout
+    graph = CircuitGraph.from_json(tmp_path / "circuit.json")
+    assert graph.model.name == "tiny-gpt2" and graph.method == "eap-ig"
+    assert 0 < graph.n_edges_in_graph <= 30
+    assert (tmp_path / "circuit.png").read_bytes().startswith(b"\x89PNG")
+    assert "<svg" in (tmp_path / "circuit.html").read_text()
+
+
+def test_discover_json_summary(tmp_path) -> None:
+    out = tmp_path / "c.json"
+    result = runner.invoke(app, ["discover", "--model", "tiny-llama", "--method", "eap",
+                                 "--n-prompts", "4", "--top", "25", "--out", str(out),
+                                 "--png", str(tmp_path / "c.png"), "--json-summary"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"method", "level", "n_nodes", "n_edges", "faithfulness", "seconds"} <= set(summary)
+    assert summary["method"] == "eap" and summary["n_edges"] <= 25
+    graph = CircuitGraph.from_json(out)
+    assert graph.meta["faithfulness"] == pytest.approx(summary["faithfulness"])
+    evaluated = runner.invoke(app, ["evaluate", str(out), "--model", "tiny-llama",
+                                    "--n-prompts", "4"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert f"{summary['faithfulness']:.4f}" in evaluated.stdout
+
+
+def test_discover_rejects_bad_task_and_mismatched_model(tmp_path) -> None:
+    result = runner.invoke(app, ["discover", "--model", "tiny-gpt2", "--task", "sst2"])
+    assert result.exit_code == 1 and "--task must be" in result.output
+    out = tmp_path / "c.json"
+    runner.invoke(app, ["discover", "--model", "tiny-gpt2", "--method", "atp", "--level",
+                        "node", "--top", "3", "--n-prompts", "2", "--out", str(out)])
+    result = runner.invoke(app, ["evaluate", str(out), "--model", "gpt2-shaped"])
+    assert result.exit_code == 1 and "not gpt2-shaped" in result.output

@@ -1,0 +1,107 @@
+"""AtP / EAP / EAP-IG against identities and exact patching."""
+
+from __future__ import annotations
+
+import torch
+
+import interp
+from circuits import (
+    activation_patching,
+    attribution_patching,
+    edge_attribution,
+    exact_edge_scores,
+    ioi_task,
+    node_attribution,
+)
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
+
+
+def frozen_final_norm(model: interp.TransformerModel, task) -> object:
+    """Fix the final norm's scale at its corrupted-run value: the model is then linear from
+    the last MLP's output to the logits."""
+    _, cache = model.bridge.run_with_cache(task.corrupt, names_filter=["ln_final.hook_scale"])
+    scale = cache["ln_final.hook_scale"]
+    last = scale[torch.arange(len(task)), task.lengths - 1]
+
+    def fix(x, hook):
+        ref = scale if x.ndim == 3 else last
+        return ref.repeat(x.shape[0] // ref.shape[0], *([1] * (ref.ndim - 1)))
+
+    return model.bridge.hooks(fwd_hooks=[("ln_final.hook_scale", fix)])
+
+
+def test_atp_equals_patching_where_the_model_is_linear(tiny) -> None:
+    model = interp.load_model(tiny.spec.name, dtype=torch.float64)
+    task = ioi_task(model, 4, seed=0, template_ids=[0])
+    with frozen_final_norm(model, task):
+        exact = activation_patching(model, task, "mlp", per_position=True, progress=False)
+        atp = attribution_patching(model, task, "mlp", per_position=True)
+    last = model.spec.n_layers - 1
+    torch.testing.assert_close(atp[last], exact[last], rtol=0, atol=1e-6)
+    assert not torch.allclose(atp[0], exact[0], atol=1e-6)  # nonlinear further down
+
+
+def test_atp_tracks_activation_patching(tiny) -> None:
+    task = ioi_task(tiny, 6, seed=0, template_ids=[0])
+    exact = activation_patching(tiny, task, "heads", progress=False)
+    assert pearson(attribution_patching(tiny, task, "heads").flatten(), exact.flatten()) > 0.99
+
+
+def test_edge_scores_sum_to_writer_node_scores(tiny) -> None:
+    task = ioi_task(tiny, 6, seed=1)
+    graph = edge_attribution(tiny, None, task)
+    sums = torch.zeros(len(graph.nodes), dtype=torch.float64)
+    sums.index_add_(0, graph.edge_src, graph.edge_scores.double())
+    nodes = node_attribution(tiny, None, task)
+    scored = ~nodes.node_scores.isnan()
+    torch.testing.assert_close(sums[scored].float(), nodes.node_scores[scored], rtol=1e-4,
+                               atol=1e-7)
+    torch.testing.assert_close(graph.node_scores[scored], nodes.node_scores[scored], rtol=1e-4,
+                               atol=1e-7)
+
+
+def test_eap_ig_with_one_step_is_eap(tiny_gpt2) -> None:
+    task = ioi_task(tiny_gpt2, 4, seed=2)
+    eap = edge_attribution(tiny_gpt2, None, task)
+    ig1 = edge_attribution(tiny_gpt2, None, task, ig_steps=1)
+    assert torch.equal(eap.edge_scores, ig1.edge_scores)
+    ig5 = edge_attribution(tiny_gpt2, None, task, ig_steps=5)
+    assert ig5.method == "eap-ig" and not torch.equal(ig5.edge_scores, eap.edge_scores)
+
+
+def test_edge_methods_track_exact_edge_patching(tiny) -> None:
+    task = ioi_task(tiny, 6, seed=0, template_ids=[0])
+    graph = interp.CircuitGraph.from_model(tiny)
+    exact = exact_edge_scores(tiny, graph, task, progress=False)
+    eap = edge_attribution(tiny, graph, task).edge_scores
+    ig = edge_attribution(tiny, graph, task, ig_steps=8).edge_scores
+    assert pearson(ig, exact) > 0.99
+    assert pearson(ig, exact) > pearson(eap, exact) > 0.7
+
+
+def test_batching_does_not_change_scores(tiny_gpt2) -> None:
+    task = ioi_task(tiny_gpt2, 6, seed=4)
+    one = edge_attribution(tiny_gpt2, None, task, ig_steps=2, rows_per_pass=64)
+    many = edge_attribution(tiny_gpt2, None, task, ig_steps=2, rows_per_pass=4)
+    torch.testing.assert_close(one.edge_scores, many.edge_scores, rtol=1e-4, atol=1e-7)
+
+
+def test_grouped_query_attention_is_ungrouped(tiny_llama) -> None:
+    """TransformerLens' edge attribution refuses GQA; here each query head gets its own k/v
+    port, and the ports of one KV group add up to the shared input's score."""
+    assert tiny_llama.spec.n_kv_heads < tiny_llama.spec.n_heads
+    task = ioi_task(tiny_llama, 4, seed=0, template_ids=[0])
+    graph = edge_attribution(tiny_llama, None, task)
+    per_head = [graph.edges[f"a0.h{h}->a1.h{h2}<k>"].score for h in range(4) for h2 in range(4)]
+    assert all(abs(s) > 0 for s in per_head)
+    # shared KV input of group 0 in the grouped model: gradient at a1<k>[:, :, 0]
+    base, source = task.corrupt, task.clean
+    _, src = tiny_llama.run_with_cache(source, ["a0.h1"])
+    run = tiny_llama.run_with_grads(base, task.logit_diff, ["a0.h1", "a1<k>"])
+    delta = src["a0.h1"] - run.activations["a0.h1"]
+    shared = float((delta * run.gradients["a1<k>"][:, :, 0]).sum())
+    group = sum(graph.edges[f"a0.h1->a1.h{h}<k>"].score for h in (0, 1))
+    assert abs(group - shared) < 1e-5 * max(1.0, abs(shared))

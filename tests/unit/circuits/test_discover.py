@@ -1,0 +1,44 @@
+"""The method registry and discover()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import interp
+from circuits import METHODS, activation_patching, discover, ioi_task
+
+
+def test_registry_names() -> None:
+    assert {"activation-patching", "atp", "eap", "eap-ig"} <= set(METHODS)
+
+
+def test_unknown_method_and_level(tiny_gpt2) -> None:
+    task = ioi_task(tiny_gpt2, 2)
+    with pytest.raises(interp.InterpError, match="Did you mean 'eap-ig'"):
+        discover(tiny_gpt2, task, "eap_ig")
+    with pytest.raises(interp.InterpError, match="nodes, not edges"):
+        discover(tiny_gpt2, task, "atp", "edge")
+
+
+@pytest.mark.parametrize(("method", "level"), [("atp", "node"), ("eap", "edge"),
+                                               ("eap-ig", "edge"), ("eap-ig", "node")])
+def test_discover_returns_scored_graphs(tiny_gpt2, method: str, level: str) -> None:
+    task = ioi_task(tiny_gpt2, 4)
+    graph = discover(tiny_gpt2, task, method, level)
+    scores = graph.edge_scores if level == "edge" else graph.node_scores
+    assert int((~scores.isnan()).sum()) > 0
+    assert graph.method == method and graph.meta["level"] == level
+    assert graph.meta["seconds"] > 0 and graph.task == "ioi"
+    assert interp.CircuitGraph.from_json(graph.to_json()) == graph
+
+
+def test_activation_patching_node_scores(tiny_gpt2) -> None:
+    task = ioi_task(tiny_gpt2, 4, seed=0, template_ids=[0])
+    graph = discover(tiny_gpt2, task, "activation-patching", "node", progress=False)
+    heads = activation_patching(tiny_gpt2, task, "heads", progress=False)
+    base = float(task.logit_diff(tiny_gpt2(task.corrupt)))
+    assert graph.nodes["a1.h2"].score == pytest.approx(float(heads[1, 2]) - base, abs=1e-6)
+    clean = float(task.logit_diff(tiny_gpt2(task.clean)))
+    assert graph.nodes["input"].score == pytest.approx(clean - base, abs=1e-5)
+    assert torch.isnan(torch.tensor(graph.nodes["logits"].score))

@@ -1,0 +1,68 @@
+"""Batched activation patching against TransformerLens' own patching functions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import patching as tl_patching
+
+import interp
+from circuits import activation_patching, ioi_task
+
+CASES = [
+    ("heads", False, tl_patching.get_act_patch_attn_head_out_all_pos),
+    ("heads", True, tl_patching.get_act_patch_attn_head_out_by_pos),
+    ("resid", True, tl_patching.get_act_patch_resid_pre),
+    ("attn", True, tl_patching.get_act_patch_attn_out),
+    ("mlp", True, tl_patching.get_act_patch_mlp_out),
+]
+
+
+@pytest.mark.parametrize(("component", "per_position", "reference"), CASES)
+def test_equals_transformerlens(tiny: interp.TransformerModel, component, per_position,
+                                reference) -> None:
+    task = ioi_task(tiny, 5, seed=2, template_ids=[3])
+    _, clean_cache = tiny.bridge.run_with_cache(task.clean)
+    expected = reference(tiny.bridge, task.corrupt, clean_cache, task.logit_diff)
+    # a small budget forces several passes per layer, exercising the chunking
+    ours = activation_patching(tiny, task, component, per_position=per_position,
+                               tokens_per_pass=40, progress=False)
+    assert ours.shape == expected.shape
+    torch.testing.assert_close(ours, expected.float(), atol=1e-4, rtol=0)
+
+
+def test_block_every_matches(tiny_llama: interp.TransformerModel) -> None:
+    task = ioi_task(tiny_llama, 3, seed=5, template_ids=[0])
+    _, clean_cache = tiny_llama.bridge.run_with_cache(task.clean)
+    expected = tl_patching.get_act_patch_block_every(tiny_llama.bridge, task.corrupt, clean_cache,
+                                                     task.logit_diff)
+    ours = torch.stack([activation_patching(tiny_llama, task, c, per_position=True, progress=False)
+                        for c in ("resid", "attn", "mlp")])
+    torch.testing.assert_close(ours, expected.float(), atol=1e-4, rtol=0)
+
+
+def test_noising_patches_corrupted_values_into_the_clean_run(tiny_gpt2) -> None:
+    task = ioi_task(tiny_gpt2, 4, seed=1, template_ids=[0])
+    ours = activation_patching(tiny_gpt2, task, "heads", direction="noising", progress=False)
+    _, corrupt = tiny_gpt2.run_with_cache(task.corrupt, ["a1.z"])
+    with tiny_gpt2.patch("a1.h2.z", corrupt["a1.z"][:, :, 2]):
+        expected = task.logit_diff(tiny_gpt2(task.clean))
+    torch.testing.assert_close(ours[1, 2], expected, atol=1e-5, rtol=0)
+
+
+def test_mixed_lengths_use_each_prompts_last_token(tiny_gpt2) -> None:
+    task = ioi_task(tiny_gpt2, 6, seed=0)  # several templates: right-padded prompts
+    assert not task.equal_lengths
+    values = activation_patching(tiny_gpt2, task, "mlp", progress=False)
+    _, clean = tiny_gpt2.run_with_cache(task.clean, ["m0"])
+    with tiny_gpt2.patch("m0", clean["m0"]):
+        expected = task.logit_diff(tiny_gpt2(task.corrupt))
+    torch.testing.assert_close(values[0], expected, atol=1e-5, rtol=0)
+
+
+def test_bad_arguments(tiny_gpt2) -> None:
+    task = ioi_task(tiny_gpt2, 2)
+    with pytest.raises(interp.InterpError, match="component"):
+        activation_patching(tiny_gpt2, task, "neurons")
+    with pytest.raises(interp.InterpError, match="direction"):
+        activation_patching(tiny_gpt2, task, "heads", direction="sideways")

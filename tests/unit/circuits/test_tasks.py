@@ -1,0 +1,104 @@
+"""Tasks: the IOI generator and JSONL tasks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from circuits import TaskError, ioi_task, task_from_jsonl
+from circuits._tasks import abba, ioi_data
+
+
+def one_token(model, word: str) -> bool:
+    return len(model.tokenizer(" " + word, add_special_tokens=False).input_ids) == 1
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10**6), order=st.sampled_from(["mixed", "BABA", "ABBA"]))
+def test_ioi_prompts(tiny_gpt2, seed: int, order: str) -> None:
+    task = ioi_task(tiny_gpt2, 6, seed=seed, templates=order)
+    assert task.clean.shape == task.corrupt.shape
+    for i, row in enumerate(task.meta["prompts"]):
+        names = [row["io"], row["s"], *row["abc"]]
+        assert len(set(names)) == 5 and all(one_token(tiny_gpt2, n) for n in names)
+        clean, corrupt = task.clean_text[i], task.corrupt_text[i]
+        assert clean.count(row["s"]) == 2 and clean.count(row["io"]) == 1
+        assert row["io"] not in corrupt and row["s"] not in corrupt
+        assert all(corrupt.count(n) == 1 for n in row["abc"])
+        assert (row["order"] == "ABBA") == (clean.index(row["io"]) < clean.index(row["s"]))
+        length = int(task.lengths[i])
+        assert torch.equal(task.clean[i, :length], tiny_gpt2.to_tokens(clean)[0])
+        assert int(task.answer[i]) == tiny_gpt2.tokenizer(" " + row["io"],
+                                                          add_special_tokens=False).input_ids[0]
+
+
+def test_ioi_uses_the_fifteen_templates_and_their_twins() -> None:
+    templates = ioi_data()["baba_templates"]
+    assert len(templates) == 15
+    assert abba(templates[0]) == "Then, [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to [A]"
+
+
+def test_bos_is_explicit(tiny_gpt2) -> None:
+    with_bos = ioi_task(tiny_gpt2, 2, template_ids=[0])
+    without = ioi_task(tiny_gpt2, 2, template_ids=[0], prepend_bos=False)
+    assert with_bos.prepend_bos and not without.prepend_bos
+    assert torch.equal(with_bos.lengths, without.lengths + 1)
+    assert int(with_bos.clean[0, 0]) == tiny_gpt2.tokenizer.bos_token_id
+
+
+def test_metric_reads_each_prompts_last_token(tiny_gpt2) -> None:
+    task = ioi_task(tiny_gpt2, 5, seed=3)
+    logits = torch.randn(len(task), task.clean.shape[1], 400)
+    expected = torch.stack([
+        logits[i, task.lengths[i] - 1, task.answer[i]] - logits[i, task.lengths[i] - 1, task.wrong[i]]
+        for i in range(len(task))]).mean()
+    torch.testing.assert_close(task.logit_diff(logits), expected)
+    stacked = torch.cat([logits, 2 * logits])
+    torch.testing.assert_close(task.logit_diff(stacked, per_copy=True),
+                               torch.stack([expected, 2 * expected]))
+
+
+def test_ioi_bad_arguments(tiny_gpt2) -> None:
+    with pytest.raises(TaskError, match="n_prompts"):
+        ioi_task(tiny_gpt2, 0)
+    with pytest.raises(TaskError, match="templates"):
+        ioi_task(tiny_gpt2, 2, templates="AABB")
+    with pytest.raises(TaskError, match="template_ids"):
+        ioi_task(tiny_gpt2, 2, template_ids=[15])
+
+
+def write(tmp_path, rows) -> str:
+    path = tmp_path / "task.jsonl"
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows))
+    return str(path)
+
+
+GOOD = {"clean": "When Mary and John went to the store, John gave a drink to",
+        "corrupt": "When Lisa and Kevin went to the store, Adam gave a drink to",
+        "answer": " Mary", "wrong": " John"}
+
+
+def test_jsonl_task(tmp_path, tiny_gpt2) -> None:
+    task = task_from_jsonl(tiny_gpt2, write(tmp_path, [GOOD, GOOD]))
+    assert len(task) == 2 and task.name == "task"
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({**GOOD, "corrupt": "When Lisa went to the store, Adam gave a drink to"}, "line 2: the clean"),
+    ({**GOOD, "answer": " Mary Lisa"}, "line 2: the answer ' Mary Lisa' is 2 tokens"),
+    ({**GOOD, "wrong": 3}, "line 2: 'wrong' must be a string"),
+    ({"clean": "x"}, r"line 2: missing keys \['answer', 'corrupt', 'wrong'\]"),
+    ("{not json", "line 2: not valid JSON"),
+])
+def test_jsonl_errors_name_the_line(tmp_path, tiny_gpt2, bad, message: str) -> None:
+    with pytest.raises(TaskError, match=message):
+        task_from_jsonl(tiny_gpt2, write(tmp_path, [GOOD, bad]))
+
+
+def test_jsonl_missing_file(tmp_path, tiny_gpt2) -> None:
+    with pytest.raises(TaskError, match="No task file"):
+        task_from_jsonl(tiny_gpt2, tmp_path / "none.jsonl")
