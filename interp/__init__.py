@@ -29,6 +29,7 @@ from ._hooked import (
 )
 from ._graph import CircuitGraph, EdgeView, NodeView
 from ._loading import MODELS, from_hf, load_model, ungroup_gqa
+from ._rules import RULE_SETS, gradient_rules
 from ._site import Site
 from ._spec import ModelSpec
 
@@ -39,6 +40,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "MODELS",
+    "RULE_SETS",
     "ActivationCache",
     "BlockInputs",
     "CircuitGraph",
@@ -59,6 +61,7 @@ __all__ = [
     "__version__",
     "count_hooks",
     "from_hf",
+    "gradient_rules",
     "load_model",
     "ungroup_gqa",
     "wrap",

@@ -65,22 +65,35 @@ def _longest_path_layers(g: CircuitGraph, nodes: list[int], edges: list[int]) ->
 
 
 def draw(g: CircuitGraph, path: Any = None, *, in_graph_only: bool = True, max_edges: int = 400,
-         ax: Any = None) -> Any:
-    import matplotlib
-
-    if ax is None:
-        matplotlib.use("Agg", force=False) if path is not None else None
-    import matplotlib.pyplot as plt
-
+         ax: Any = None, format: str | None = None) -> Any:
     nodes, edges = _chosen(g, in_graph_only, max_edges)
     pos = _layout(g, nodes, edges)
     rows = {p[1] for p in pos.values()}
     widest = max((sum(1 for p in pos.values() if p[1] == y) for y in rows), default=1)
-    width = max(6.0, min(24.0, 0.9 * widest))
-    height = max(4.0, min(14.0, 0.3 * len(rows) + 1))
+    size = (max(6.0, min(24.0, 0.9 * widest)), max(4.0, min(14.0, 0.3 * len(rows) + 1)))
     fig = None
     if ax is None:
-        fig, ax = plt.subplots(figsize=(width, height))
+        if path is None:  # interactive: pyplot, so notebooks show it
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=size)
+        else:  # a file: a bare Figure, no pyplot state and no backend switching
+            from matplotlib.figure import Figure
+
+            fig = Figure(figsize=size)
+            ax = fig.add_subplot()
+    _draw_on(g, ax, nodes, edges, pos)
+    if fig is not None:
+        fig.tight_layout()
+        if path is not None:
+            if format is None:
+                format = Path(path).suffix.lower().lstrip(".") or "png"
+            fig.savefig(path, format=format, dpi=150)
+    return fig if fig is not None else ax.figure
+
+
+def _draw_on(g: CircuitGraph, ax: Any, nodes: list[int], edges: list[int],
+             pos: dict[int, tuple[float, float]]) -> None:
     scale = max((abs(float(g.edge_scores[e])) for e in edges
                  if not math.isnan(float(g.edge_scores[e]))), default=0.0)
     for e in edges:
@@ -108,25 +121,11 @@ def draw(g: CircuitGraph, path: Any = None, *, in_graph_only: bool = True, max_e
     if g.model:
         title += f" on {g.model.name}"
     ax.set_title(f"{title}: {len(nodes)} nodes, {len(edges)} edges")
-    if fig is not None:
-        fig.tight_layout()
-        if path is not None:
-            suffix = Path(path).suffix.lower().lstrip(".") or "png"
-            fig.savefig(path, format=suffix, dpi=150)
-            plt.close(fig)
-    return fig if fig is not None else ax.figure
 
 
 def _svg(g: CircuitGraph, max_edges: int) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig = draw(g, None, max_edges=max_edges)
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg")
-    plt.close(fig)
+    draw(g, buffer, max_edges=max_edges, format="svg")
     text = buffer.getvalue()
     return text[text.index("<svg"):]
 
