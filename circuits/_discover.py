@@ -149,3 +149,30 @@ def _eap_ig(model: TransformerModel, task: Task, level: str, *, ig_steps: int = 
     if level == "node":
         return node_attribution(model, None, task, ig_steps=ig_steps, **options)
     return edge_attribution(model, None, task, ig_steps=ig_steps, **options)
+
+
+def _relp(rule_set: str) -> Method:
+    def method(model: TransformerModel, task: Task, level: str, **options: Any) -> CircuitGraph:
+        from interp import gradient_rules
+
+        def rules(m: TransformerModel) -> Any:
+            return gradient_rules(m, rule_set)
+
+        if level == "node":
+            graph = node_attribution(model, None, task, gradient_rules=rules, **options)
+        else:
+            graph = edge_attribution(model, None, task, gradient_rules=rules, **options)
+        return graph.copy(meta={**graph.meta, "rules": rule_set,
+                                "experimental": level == "edge"})
+
+    return method
+
+
+for _name, _description in (
+    ("relp", "relevance patching: AtP with LRP coefficients (LN, Identity, Half rules)"),
+    ("relp-ah", "RelP with the AH rule too (attention weights constant, CP-LRP)"),
+    ("attnlrp", "RelP with AttnLRP's attention rule (q, k gradients / 4, v / 2)"),
+):
+    register_method(_name, levels=("node", "edge"),
+                    description=_description + "; edge level is experimental")(
+        _relp({"relp": "relp", "relp-ah": "relp-ah", "attnlrp": "attnlrp"}[_name]))

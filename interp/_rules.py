@@ -10,7 +10,7 @@ LN              normalisers treat their scale as a constant: ``x / scale.detach(
 Identity        elementwise activations pass ``f(x)/x``: ``x * (f(x)/x).detach()``
 Half            both factors of a gated product get half: ``y/2 + (y/2).detach()``
 AH (CP-LRP)     attention weights are constants: ``pattern.detach()``
-AttnLRP         q and k gradients quartered, v halved (``x/4 + (3x/4).detach()`` ...)
+AttnLRP         q and k gradients quartered, v halved (half at A.V, half again at QK^T)
 ==============  ===================================================================
 
 Named sets: ``relp`` (LN, Identity, Half: the official RelP code's default), ``relp-ah`` (adds
@@ -100,23 +100,29 @@ def gradient_rules(model: Any, rules: str | tuple[str, ...] = "relp") -> Iterato
         for name in [f"blocks.{i}.{ln}.hook_scale" for i in range(n_layers)
                      for ln in ("ln1", "ln2")] + ["ln_final.hook_scale"]:
             hooks.append((name, lambda x: x.detach()))
+    module_hooks: list[tuple[nn.Module, Callable[..., Any]]] = []
     if "identity" in names or "half" in names:
         act = _activation(bridge)
         for layer in range(n_layers):
-            hooks += _mlp_rules(layer, act, gated, identity="identity" in names,
-                                half="half" in names)
+            keeps, rebuild = _mlp_rules(bridge.blocks[layer].mlp, act, gated,
+                                        identity="identity" in names, half="half" in names)
+            module_hooks += keeps
+            hooks.append((f"blocks.{layer}.mlp.hook_post", rebuild))
     for layer in range(n_layers):
         if "ah" in names:
             hooks.append((f"blocks.{layer}.attn.hook_pattern", lambda x: x.detach()))
         if "attnlrp" in names:
-            rot = f"blocks.{layer}.attn.hook_rot_q" in bridge.hook_dict
-            q, k = ("hook_rot_q", "hook_rot_k") if rot else ("hook_q", "hook_k")
-            hooks.append((f"blocks.{layer}.attn.{q}", lambda x: _scaled_gradient(x, 0.25)))
-            hooks.append((f"blocks.{layer}.attn.{k}", lambda x: _scaled_gradient(x, 0.25)))
-            hooks.append((f"blocks.{layer}.attn.hook_v", lambda x: _scaled_gradient(x, 0.5)))
+            # Uniform rule at both bilinear products, placed downstream of q, k and v so that
+            # their own sites see the modified gradient: halving at z = A.V gives A and V half
+            # each; halving again at the scores = QK^T gives q and k a quarter.
+            hooks.append((f"blocks.{layer}.attn.hook_z", lambda x: _scaled_gradient(x, 0.5)))
+            hooks.append((f"blocks.{layer}.attn.hook_attn_scores",
+                          lambda x: _scaled_gradient(x, 0.5)))
     added = []
     handles = []
     try:
+        for module, fn in module_hooks:
+            handles.append(module.register_forward_hook(fn))
         if "ln" in names:
             # With split q/k/v inputs the bridge normalises each head's fork by calling the
             # raw HF norm module, past hook_scale: patch that module's output too.
@@ -163,37 +169,35 @@ def _ln_rule_module(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> Te
     return y + (out - y).detach()
 
 
-def _mlp_rules(layer: int, act: Callable[[Tensor], Tensor], gated: bool, *, identity: bool,
-               half: bool) -> list[tuple[str, Callable[[Tensor], Tensor]]]:
-    """Hooks rewriting the MLP's hidden layer: remember its inputs, rebuild its output."""
+def _mlp_rules(mlp: nn.Module, act: Callable[[Tensor], Tensor], gated: bool, *, identity: bool,
+               half: bool) -> tuple[list[tuple[nn.Module, Callable[..., Any]]],
+                                    Callable[[Tensor], Tensor]]:
+    """Hooks rewriting an MLP's hidden layer: keep the projections' outputs (as hooks on the
+    projection modules, so they are the tensors the MLP really uses, after any site hooks),
+    then rebuild the hidden activation at ``hook_post`` with the same forward value."""
     seen: dict[str, Tensor] = {}
-    prefix = f"blocks.{layer}.mlp"
 
-    def keep(key: str) -> Callable[[Tensor], None]:
-        def store(x: Tensor) -> None:
-            seen[key] = x
+    def keep(key: str) -> Callable[..., None]:
+        def store(module: nn.Module, args: Any, out: Tensor) -> None:
+            seen[key] = out
 
         return store
 
     def rebuild(post: Tensor) -> Tensor:
         g = seen.pop("pre")
         a = act(g)
-        if not gated:
-            if not identity:
-                return post
-            s = stabilize(g)
-            return s * (post / s).detach()
-        u = seen.pop("linear")
         s = stabilize(g)
         a_g = s * (a / s).detach() if identity else a  # the activation, identity rule or not
-        if half:  # each factor gets half of the gradient
-            out = 0.5 * a_g * u.detach() + 0.5 * a.detach() * u
+        if not gated:
+            out = a_g
         else:
-            out = a_g * u
+            u = seen.pop("linear")
+            # each factor of the gated product gets half of the gradient
+            out = 0.5 * a_g * u.detach() + 0.5 * a.detach() * u if half else a_g * u
         return out + (post - out).detach()  # exact forward value
 
-    hooks = [(f"{prefix}.hook_pre", keep("pre"))]
     if gated:
-        hooks.append((f"{prefix}.hook_pre_linear", keep("linear")))
-    hooks.append((f"{prefix}.hook_post", rebuild))
-    return hooks
+        keeps = [(mlp.gate, keep("pre")), (getattr(mlp, "in"), keep("linear"))]
+    else:
+        keeps = [(getattr(mlp, "in"), keep("pre"))]
+    return keeps, rebuild

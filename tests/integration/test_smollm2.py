@@ -78,3 +78,17 @@ def test_gguf_path_loads_the_same_model(smollm2: interp.TransformerModel) -> Non
     again = interp.load_model(str(embedded_gguf()))
     assert torch.equal(again(PROMPT), smollm2(PROMPT))
     assert again.model is not smollm2.model
+
+
+def test_relp_rules_conserve_on_the_real_model(smollm2: interp.TransformerModel) -> None:
+    from circuits import ioi_task
+
+    task = ioi_task(smollm2, 4, seed=0, template_ids=[0])
+    sites = ["r0.pre", "r15.pre", "r29.pre", "a7<q>"]
+    with interp.gradient_rules(smollm2, "relp-ah"):
+        run = smollm2.run_with_grads(task.corrupt, task.logit_diff, sites)
+        logits = smollm2(task.corrupt)
+    torch.testing.assert_close(logits, smollm2(task.corrupt), atol=5e-4, rtol=0)
+    for site in sites[:3]:
+        total = float((run.activations[site] * run.gradients[site]).sum())
+        assert abs(total - float(run.value)) < 1e-3 * abs(float(run.value)), (site, total)
