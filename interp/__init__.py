@@ -29,6 +29,7 @@ from ._hooked import (
 )
 from ._graph import CircuitGraph, EdgeView, NodeView
 from ._loading import MODELS, from_hf, load_model, ungroup_gqa
+from ._lrp import COMPOSITES, lrp, lrp_rules, plot_relevance
 from ._rules import RULE_SETS, gradient_rules
 from ._site import Site
 from ._spec import ModelSpec
@@ -39,6 +40,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "COMPOSITES",
     "MODELS",
     "RULE_SETS",
     "ActivationCache",
@@ -63,6 +65,9 @@ __all__ = [
     "from_hf",
     "gradient_rules",
     "load_model",
+    "lrp",
+    "lrp_rules",
+    "plot_relevance",
     "ungroup_gqa",
     "wrap",
 ]
