@@ -17,7 +17,9 @@ from circuits import activation_patching, attribution_patching, discover, faithf
 PAPER = {  # GPT-2 small, Jafari et al. 2025 Table 1 (Pearson r; AtP / RelP)
     "resid": (0.753, 0.968), "attn": (0.979, 0.962), "mlp": (0.195, 0.992), "heads": None,
 }
-RULES = {"atp": None, "relp": "relp", "relp-ah": "relp-ah", "attnlrp": "attnlrp"}
+# (name, rule set, integrated-gradient steps along the input embeddings)
+ESTIMATORS = [("atp", None, 1), ("relp", "relp", 1), ("relp-ah", "relp-ah", 1),
+              ("attnlrp", "attnlrp", 1), ("atp-ig5", None, 5), ("relp-ig5", "relp", 5)]
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -33,22 +35,26 @@ def main() -> None:
     task = ioi(model, args.n_prompts)
     print(f"model {model.spec.name}; IOI, {len(task)} pairs of {task.clean.shape[1]} tokens "
           "(one template), denoising")
-    header = f"{'component':<10} {'points':>6}  " + "  ".join(f"{m:>8}" for m in RULES)
+    header = f"{'component':<10} {'points':>6}  " + "  ".join(f"{e[0]:>8}" for e in ESTIMATORS)
     print(header + "   paper GPT-2 small (AtP / RelP)")
+    costs: dict[str, list[float]] = {e[0]: [] for e in ESTIMATORS}
     for component, per_position in (("resid", True), ("attn", True), ("mlp", True),
                                     ("heads", False)):
         truth, seconds = timed(lambda c=component, pp=per_position: activation_patching(
             model, task, c, per_position=pp, progress=False))
         cells = []
-        for rules in RULES.values():
+        for name, rules, steps in ESTIMATORS:
             factory = None if rules is None else (lambda m, r=rules: interp.gradient_rules(m, r))
-            estimate = attribution_patching(model, task, component, per_position=per_position,
-                                            gradient_rules=factory)
+            estimate, spent = timed(lambda c=component, pp=per_position, f=factory, k=steps:
+                                    attribution_patching(model, task, c, per_position=pp,
+                                                         gradient_rules=f, ig_steps=k))
+            costs[name].append(spent / seconds)
             cells.append(pearson(estimate, truth))
         paper = PAPER[component]
         ref = f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else "-"
         print(f"{component:<10} {truth.numel():>6}  " + "  ".join(f"{c:>8.3f}" for c in cells)
               + f"   {ref}   (patching {seconds:.0f} s)", flush=True)
+    print("cost / patching  " + "  ".join(f"{sum(v) / len(v):>8.3f}" for v in costs.values()))
     if args.no_circuits:
         return
     sizes = [int(k) for k in args.edges.split(",")]
