@@ -105,3 +105,47 @@ def test_grouped_query_attention_is_ungrouped(tiny_llama) -> None:
     shared = float((delta * run.gradients["a1<k>"][:, :, 0]).sum())
     group = sum(graph.edges[f"a0.h1->a1.h{h}<k>"].score for h in (0, 1))
     assert abs(group - shared) < 1e-5 * max(1.0, abs(shared))
+
+
+def test_eap_equals_transformerlens_edge_attribution(tiny_gpt2) -> None:
+    """TransformerLens' own EAP (per example, per position) summed over positions, averaged
+    over prompts, equals our batched EAP edge for edge."""
+    from transformer_lens.tools.analysis.attribution_patching import (
+        EdgeAttributionConfig,
+        attribution_patch,
+    )
+
+    from circuits import task_from_pairs
+
+    clean = ["When Mary and John went to the store, John gave a drink to",
+             "When Mary and John went to the garden, John gave a ring to"]
+    corrupt = ["When Lisa and Kevin went to the store, Adam gave a drink to",
+               "When Kevin and Adam went to the garden, Lisa gave a ring to"]
+    task = task_from_pairs(tiny_gpt2, clean, corrupt, [" Mary"] * 2, [" John"] * 2)
+    ours = edge_attribution(tiny_gpt2, None, task)
+
+    def metric(logits):
+        return (logits[:, -1, task.answer[0]] - logits[:, -1, task.wrong[0]]).mean()
+
+    for p in tiny_gpt2.bridge.parameters():  # TransformerLens backpropagates into parameters
+        p.requires_grad_(True)
+    try:
+        theirs = attribution_patch(tiny_gpt2.bridge, task.clean, task.corrupt, metric,
+                                   EdgeAttributionConfig(granularity="edge"))
+    finally:
+        for p in tiny_gpt2.bridge.parameters():
+            p.requires_grad_(False)
+    kinds = {"embed": "input", "mlp_out": "m{l}", "attn_head_out": "a{l}.h{h}",
+             "mlp_in": "m{l}", "logits": "logits", "q_input": "a{l}.h{h}<q>",
+             "k_input": "a{l}.h{h}<k>", "v_input": "a{l}.h{h}<v>"}
+    summed: dict[str, float] = {}
+    for (writer, reader), score in theirs.edge_scores.items():
+        src = kinds[writer.kind].format(l=writer.layer, h=writer.head)
+        dst = kinds[reader.kind].format(l=reader.layer, h=reader.head)
+        name = f"{src}->{dst}"
+        summed[name] = summed.get(name, 0.0) + score
+    assert set(summed) == set(ours.edges)
+    index = ours._edge_index()
+    expected = torch.tensor([summed[n] for n in summed], dtype=torch.float64)
+    got = torch.stack([ours.edge_scores[index[n]] for n in summed]).double()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)

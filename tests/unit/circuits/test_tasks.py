@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -25,11 +26,13 @@ def test_ioi_prompts(tiny_gpt2, seed: int, order: str) -> None:
     for i, row in enumerate(task.meta["prompts"]):
         names = [row["io"], row["s"], *row["abc"]]
         assert len(set(names)) == 5 and all(one_token(tiny_gpt2, n) for n in names)
-        clean, corrupt = task.clean_text[i], task.corrupt_text[i]
-        assert clean.count(row["s"]) == 2 and clean.count(row["io"]) == 1
+        clean = task.clean_text[i]
+        words = re.findall(r"[A-Za-z]+", clean)  # whole words: "Sara" is not in "Sarah"
+        corrupt = re.findall(r"[A-Za-z]+", task.corrupt_text[i])
+        assert words.count(row["s"]) == 2 and words.count(row["io"]) == 1
         assert row["io"] not in corrupt and row["s"] not in corrupt
         assert all(corrupt.count(n) == 1 for n in row["abc"])
-        assert (row["order"] == "ABBA") == (clean.index(row["io"]) < clean.index(row["s"]))
+        assert (row["order"] == "ABBA") == (words.index(row["io"]) < words.index(row["s"]))
         length = int(task.lengths[i])
         assert torch.equal(task.clean[i, :length], tiny_gpt2.to_tokens(clean)[0])
         assert int(task.answer[i]) == tiny_gpt2.tokenizer(" " + row["io"],
