@@ -28,7 +28,7 @@ def fixed_name_task(model: interp.TransformerModel, n: int, seed: int = 0):
     template = data["baba_templates"][0]
     g = torch.Generator().manual_seed(seed)
     clean, corrupt = [], []
-    for i in range(n):
+    for _ in range(n):
         place = data["places"][int(torch.randint(8, (1,), generator=g))]
         obj = data["objects"][int(torch.randint(8, (1,), generator=g))]
         text = template.replace("[PLACE]", place).replace("[OBJECT]", obj)

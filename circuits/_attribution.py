@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, ContextManager
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,7 +39,7 @@ from ._tasks import Task
 
 __all__ = ["attribution_patching", "edge_attribution", "node_attribution"]
 
-GradientRules = Callable[[TransformerModel], ContextManager[Any]] | None
+GradientRules = Callable[[TransformerModel], AbstractContextManager[Any]] | None
 DEFAULT_ROWS_PER_PASS = 32
 
 

@@ -17,6 +17,7 @@ from ._errors import (
     ShapeError,
     UnknownSiteError,
 )
+from ._graph import CircuitGraph, EdgeView, NodeView
 from ._hooked import (
     ActivationCache,
     BlockInputs,
@@ -27,7 +28,6 @@ from ._hooked import (
     count_hooks,
     wrap,
 )
-from ._graph import CircuitGraph, EdgeView, NodeView
 from ._loading import MODELS, from_hf, load_model, ungroup_gqa
 from ._lrp import COMPOSITES, lrp, lrp_rules, plot_relevance
 from ._rules import RULE_SETS, gradient_rules

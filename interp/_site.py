@@ -163,12 +163,11 @@ class Site:
             raise UnknownSiteError(f"A {self.kind} site has no layer; got layer={self.layer}.")
         if self.head is not None and self.kind != "attn":
             raise UnknownSiteError(f"Only attention sites have heads; got a {self.kind} site.")
-        if self.port is not None:
-            if self.kind != "attn" or self.port not in PORTS:
-                raise UnknownSiteError(
-                    f"Reader ports are q, k or v on attention sites; got port={self.port!r} "
-                    f"on a {self.kind} site."
-                )
+        if self.port is not None and (self.kind != "attn" or self.port not in PORTS):
+            raise UnknownSiteError(
+                f"Reader ports are q, k or v on attention sites; got port={self.port!r} "
+                f"on a {self.kind} site."
+            )
         if self.kind == "attn" and field == "result" and self.head is not None:
             raise UnknownSiteError(
                 f"One head's output is written 'a{self.layer}.h{self.head}', without '.result'."

@@ -10,8 +10,7 @@ import torch
 import transformers
 
 import interp
-from interp import ModelLoadError, NetworkRequiredError
-from interp import _loading
+from interp import ModelLoadError, NetworkRequiredError, _loading
 from tests.conftest import PROMPT
 
 
