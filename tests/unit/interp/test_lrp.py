@@ -81,3 +81,14 @@ def test_errors() -> None:
         lrp(net.train(), torch.rand(2, 1, 8, 8, dtype=torch.float64))
     with pytest.raises(InterpError, match="no Linear or Conv"):
         lrp(nn.Sequential(nn.ReLU()).eval(), torch.rand(2, 3))
+
+
+def test_lrp_equals_gradient_times_input_on_a_linear_model() -> None:
+    """With no nonlinearity, norm or attention the LRP coefficients are the gradient: relevance
+    is AtP's activation x gradient (epsilon -> 0)."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 5, bias=False), nn.Linear(5, 3, bias=False)).double().eval()
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(net(x)[:, 1].sum(), [x])
+    torch.testing.assert_close(lrp(net, x, target=1, composite="epsilon", epsilon=1e-15),
+                               (x * grad).detach(), rtol=1e-9, atol=1e-12)
