@@ -12,7 +12,7 @@ import torch
 from _common import ioi, parser, timed
 
 import interp
-from circuits import activation_patching, attribution_patching, discover, faithfulness
+from circuits import activation_patching, attribution_patching, discover, faithfulness, ioi_task
 
 PAPER = {  # GPT-2 small, Jafari et al. 2025 Table 1 (Pearson r; AtP / RelP)
     "resid": (0.753, 0.968), "attn": (0.979, 0.962), "mlp": (0.195, 0.992), "heads": None,
@@ -30,11 +30,21 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--edges", default="200,1000,5000")
     p.add_argument("--no-circuits", action="store_true")
+    p.add_argument("--seeds", default="0", help="IOI seeds; the table is printed per seed")
     args = p.parse_args()
     model = interp.load_model(args.model)
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        task = ioi_task(model, args.n_prompts, seed=seed, template_ids=[seed % 15])
+        print(f"\nmodel {model.spec.name}; IOI seed {seed}, {len(task)} pairs of "
+              f"{task.clean.shape[1]} tokens (template {seed % 15}), denoising")
+        table(model, task)
+    if args.no_circuits:
+        return
     task = ioi(model, args.n_prompts)
-    print(f"model {model.spec.name}; IOI, {len(task)} pairs of {task.clean.shape[1]} tokens "
-          "(one template), denoising")
+    circuits(model, task, [int(k) for k in args.edges.split(",")])
+
+
+def table(model: interp.TransformerModel, task) -> None:
     header = f"{'component':<10} {'points':>6}  " + "  ".join(f"{e[0]:>8}" for e in ESTIMATORS)
     print(header + "   paper GPT-2 small (AtP / RelP)")
     costs: dict[str, list[float]] = {e[0]: [] for e in ESTIMATORS}
@@ -55,9 +65,9 @@ def main() -> None:
         print(f"{component:<10} {truth.numel():>6}  " + "  ".join(f"{c:>8.3f}" for c in cells)
               + f"   {ref}   (patching {seconds:.0f} s)", flush=True)
     print("cost / patching  " + "  ".join(f"{sum(v) / len(v):>8.3f}" for v in costs.values()))
-    if args.no_circuits:
-        return
-    sizes = [int(k) for k in args.edges.split(",")]
+
+
+def circuits(model: interp.TransformerModel, task, sizes: list[int]) -> None:
     print("\nedge circuits, faithfulness at k edges: " + ", ".join(map(str, sizes)))
     for method in ("eap", "eap-ig", "relp", "relp-ah"):
         graph = discover(model, task, method, "edge", progress=False)

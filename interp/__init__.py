@@ -17,6 +17,7 @@ from ._errors import (
     ShapeError,
     UnknownSiteError,
 )
+from ._frozen import frozen_gains
 from ._graph import CircuitGraph, EdgeView, NodeView
 from ._hooked import (
     ActivationCache,
@@ -63,6 +64,7 @@ __all__ = [
     "__version__",
     "count_hooks",
     "from_hf",
+    "frozen_gains",
     "gradient_rules",
     "load_model",
     "lrp",

@@ -1,0 +1,162 @@
+"""LinearScope: a network read as the linear map it applies at one input.
+
+At an input x0 every nonlinear unit is replaced by its linear interpretation there (ReLU-like
+units by their on/off masks, max pooling by x0's argmax selection, smooth activations by their
+gain f(x0)/x0, LayerNorm by its statistics at x0), so that ``f(x) ~ A(x0) x + c(x0)`` and
+``A(x0) x0 + c(x0) = f(x0)`` exactly. ``A`` is never formed unless asked: products with it
+are forward- and reverse-mode derivatives under :func:`interp.frozen_gains`, the same
+mechanism as RelP's LRP rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from interp import InterpError, ShapeError
+from interp._frozen import frozen_gains
+
+__all__ = ["LinearInterpretation", "LinearScope"]
+
+MAX_MATRIX_ENTRIES = 50_000_000
+
+
+class LinearScope:
+    """Linear interpreters of a plain torch network.
+
+    Parameters
+    ----------
+    model : nn.Module
+        In eval mode; maps a batch of inputs to a batch of output vectors.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    >>> lin = LinearScope(net).interpret(torch.randn(4))
+    >>> torch.allclose(lin.apply(lin.x0) + lin.bias, lin.output, atol=1e-5)
+    True
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise InterpError(f"LinearScope reads a torch.nn.Module; got {type(model).__name__}.")
+        self.model = model
+
+    def interpret(self, x0: Tensor) -> LinearInterpretation:
+        """The linear interpretation at one input ``x0`` (shape of one example)."""
+        if self.model.training:
+            raise InterpError("LinearScope needs the model in eval mode: call model.eval().")
+        if not isinstance(x0, Tensor) or not x0.is_floating_point():
+            raise ShapeError("x0 must be a floating-point tensor shaped like one example.")
+        if not torch.isfinite(x0).all():
+            raise ShapeError("x0 contains NaN or infinite values.")
+        x0 = x0.detach()
+        with torch.no_grad():
+            output = self.model(x0[None])
+        if output.ndim != 2 or output.shape[0] != 1:
+            raise ShapeError(
+                f"The model must map a batch of inputs to (batch, outputs); got {tuple(output.shape)}."
+            )
+        return LinearInterpretation(self.model, x0, output[0])
+
+
+@dataclass
+class LinearInterpretation:
+    """``f(x) ~ A x + c`` at ``x0``: products with A, its rows and columns, the bias c."""
+
+    model: nn.Module
+    x0: Tensor
+    output: Tensor
+
+    def _f(self, x: Tensor) -> Tensor:
+        return self.model(x[None])[0]
+
+    def apply(self, x: Tensor) -> Tensor:
+        """``A x`` (x shaped like the input), by forward-mode differentiation at x0."""
+        self._check_input(x)
+        with frozen_gains(self.model):
+            _, out = torch.func.jvp(self._f, (self.x0,), (x.to(self.x0.dtype),))
+        return out.detach()
+
+    def apply_transposed(self, y: Tensor) -> Tensor:
+        """``A^T y`` (y shaped like the output), by reverse-mode differentiation at x0."""
+        if y.shape != self.output.shape:
+            raise ShapeError(f"Expected an output-shaped vector {tuple(self.output.shape)}, "
+                             f"got {tuple(y.shape)}.")
+        x = self.x0.clone().requires_grad_(True)
+        with torch.enable_grad(), frozen_gains(self.model):
+            (grad,) = torch.autograd.grad(self._f(x), [x], grad_outputs=[y.to(self.x0.dtype)])
+        return grad.detach()
+
+    @property
+    def bias(self) -> Tensor:
+        """``c(x0) = f(x0) - A x0``: what the biases (and normalisation shifts) contribute."""
+        return self.output - self.apply(self.x0)
+
+    def row(self, k: int) -> Tensor:
+        """What output k computes: ``A[k]``, shaped like the input."""
+        return self.apply_transposed(self._unit(k, self.output))
+
+    def column(self, i: int) -> Tensor:
+        """What input element i (flat index) does to every output: ``A[:, i]``."""
+        e = torch.zeros(self.x0.numel(), dtype=self.x0.dtype)
+        if not 0 <= i < e.numel():
+            raise ShapeError(f"Input index must be in 0..{e.numel() - 1}; got {i}.")
+        e[i] = 1
+        return self.apply(e.view_as(self.x0))
+
+    def contributions(self, k: int) -> Tensor:
+        """Each input element's vote for output k: ``A[k] * x0`` (sums to f_k - c_k)."""
+        return self.row(k) * self.x0
+
+    def bias_share(self, k: int) -> float:
+        """Fraction of output k that comes from the bias term: ``c_k / f_k(x0)``."""
+        return float(self.bias[k] / self.output[k])
+
+    def matrix(self) -> Tensor:
+        """A as a dense (outputs, inputs) matrix (only for small networks)."""
+        n_out, n_in = self.output.numel(), self.x0.numel()
+        if n_out * n_in > MAX_MATRIX_ENTRIES:
+            raise InterpError(f"A has {n_out} x {n_in} entries; use apply/row/svd instead.")
+        return torch.stack([self.row(k).flatten() for k in range(n_out)])
+
+    def svd(self, k: int = 6):
+        """The top-k singular triplets of A, through a scipy ``LinearOperator`` (A never formed).
+
+        Returns (U of shape (outputs, k), singular values (k,), V^T of shape (k, inputs))."""
+        import numpy as np
+        from scipy.sparse.linalg import LinearOperator, svds
+
+        n_out, n_in = self.output.numel(), self.x0.numel()
+        if not 1 <= k < min(n_out, n_in):
+            raise InterpError(f"k must be in 1..{min(n_out, n_in) - 1}; got {k}.")
+        dtype = self.x0.dtype
+
+        def matvec(v: np.ndarray) -> np.ndarray:
+            x = torch.as_tensor(np.ravel(v), dtype=dtype).view_as(self.x0)
+            return self.apply(x).double().numpy()
+
+        def rmatvec(v: np.ndarray) -> np.ndarray:
+            y = torch.as_tensor(np.ravel(v), dtype=dtype)
+            return self.apply_transposed(y).flatten().double().numpy()
+
+        op = LinearOperator((n_out, n_in), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
+        u, s, vt = svds(op, k=k)
+        order = np.argsort(s)[::-1]
+        return (torch.from_numpy(u[:, order].copy()), torch.from_numpy(s[order].copy()),
+                torch.from_numpy(vt[order].copy()))
+
+    @staticmethod
+    def _unit(k: int, like: Tensor) -> Tensor:
+        if not 0 <= k < like.numel():
+            raise ShapeError(f"Output index must be in 0..{like.numel() - 1}; got {k}.")
+        e = torch.zeros_like(like)
+        e[k] = 1
+        return e
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.shape != self.x0.shape:
+            raise ShapeError(f"Expected an input-shaped tensor {tuple(self.x0.shape)}, "
+                             f"got {tuple(x.shape)}.")

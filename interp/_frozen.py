@@ -1,0 +1,62 @@
+"""Frozen gains for plain torch networks: every nonlinearity linearised at the current input.
+
+Under :func:`frozen_gains` the forward pass is unchanged, but the backward (and forward-mode)
+derivative of every smooth elementwise activation is its gain ``f(x)/x`` at the input it saw,
+and every LayerNorm's scale is a constant. ReLU-like units, max pooling and everything affine
+already differentiate to their on/off masks, their argmax selection and themselves. So the
+derivative of the network at ``x0`` *is* the matrix ``A(x0)`` of the linear interpreter
+``f(x) ~ A(x0) x + c(x0)`` with ``A(x0) x0 + c(x0) = f(x0)`` (LinearScope), and
+``x0 * A(x0)[k]`` is the Identity/LN-rule relevance of RelP: one mechanism for both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._rules import stabilize
+
+__all__ = ["SMOOTH_ACTIVATIONS", "frozen_gains"]
+
+SMOOTH_ACTIVATIONS = (nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Mish,
+                      nn.CELU, nn.SELU, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish)
+
+
+def _gain_hook(module: nn.Module, args: tuple[Any, ...], y: Tensor) -> Tensor:
+    x = args[0]
+    # the smallest nudge away from 0 that the dtype resolves: gains stay exact elsewhere
+    surrogate = x * (y / stabilize(x, torch.finfo(x.dtype).eps)).detach()
+    return surrogate + (y - surrogate).detach()  # exact forward value
+
+
+def _layer_norm_hook(module: nn.LayerNorm, args: tuple[Any, ...], y: Tensor) -> Tensor:
+    x = args[0]
+    dims = tuple(range(-len(module.normalized_shape), 0))
+    centred = x - x.mean(dims, keepdim=True)
+    scale = torch.rsqrt(centred.pow(2).mean(dims, keepdim=True) + module.eps)
+    out = centred * scale.detach()
+    if module.weight is not None:
+        out = out * module.weight
+    if module.bias is not None:
+        out = out + module.bias
+    return out + (y - out).detach()
+
+
+@contextlib.contextmanager
+def frozen_gains(model: nn.Module) -> Iterator[nn.Module]:
+    """Make the model's derivative at any input that of its frozen-gain linearisation."""
+    handles = []
+    try:
+        for module in model.modules():
+            if isinstance(module, SMOOTH_ACTIVATIONS):
+                handles.append(module.register_forward_hook(_gain_hook))
+            elif isinstance(module, nn.LayerNorm):
+                handles.append(module.register_forward_hook(_layer_norm_hook))
+        yield model
+    finally:
+        for handle in reversed(handles):
+            handle.remove()

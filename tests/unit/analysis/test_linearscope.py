@@ -1,0 +1,68 @@
+"""LinearScope against hand-built linearisations and exact Jacobians."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from analysis import LinearScope
+from interp import InterpError, ShapeError, count_hooks
+
+
+def tanh_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double().eval()
+
+
+def test_matches_the_hand_built_linearisation() -> None:
+    net = tanh_mlp()
+    x0 = torch.randn(5, dtype=torch.float64)
+    lin = LinearScope(net).interpret(x0)
+    w1, b1, w2, b2 = net[0].weight, net[0].bias, net[2].weight, net[2].bias
+    z = w1 @ x0 + b1
+    gain = torch.tanh(z) / z
+    a = w2 @ torch.diag(gain) @ w1
+    c = w2 @ (gain * b1) + b2
+    torch.testing.assert_close(lin.matrix(), a.detach())
+    torch.testing.assert_close(lin.bias, c.detach())
+    torch.testing.assert_close(lin.apply(x0) + lin.bias, net(x0[None])[0].detach())
+    torch.testing.assert_close(lin.contributions(1).sum() + lin.bias[1], lin.output[1])
+    assert count_hooks(net) == 0
+
+
+def test_piecewise_linear_cnn_is_its_jacobian() -> None:
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 6),
+                        nn.LeakyReLU(0.1), nn.Linear(6, 4)).double().eval()
+    x0 = torch.randn(1, 8, 8, dtype=torch.float64)
+    lin = LinearScope(net).interpret(x0)
+    jac = torch.autograd.functional.jacobian(lambda x: net(x[None])[0], x0)
+    torch.testing.assert_close(lin.matrix(), jac.reshape(4, -1))
+    # inside x0's linear region the interpretation is exact
+    x = x0 + 1e-7 * torch.randn_like(x0)
+    torch.testing.assert_close(lin.apply(x) + lin.bias, net(x[None])[0].detach())
+
+
+def test_transpose_and_svd() -> None:
+    net = tanh_mlp()
+    lin = LinearScope(net).interpret(torch.randn(5, dtype=torch.float64))
+    x, y = torch.randn(5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    torch.testing.assert_close(lin.apply(x) @ y, x @ lin.apply_transposed(y))
+    _, s, _ = lin.svd(2)
+    torch.testing.assert_close(s, torch.linalg.svdvals(lin.matrix())[:2])
+    torch.testing.assert_close(lin.column(2), lin.matrix()[:, 2])
+
+
+def test_errors() -> None:
+    net = tanh_mlp()
+    with pytest.raises(ShapeError, match="NaN"):
+        LinearScope(net).interpret(torch.full((5,), float("nan"), dtype=torch.float64))
+    lin = LinearScope(net).interpret(torch.randn(5, dtype=torch.float64))
+    with pytest.raises(ShapeError, match="input-shaped"):
+        lin.apply(torch.randn(4, dtype=torch.float64))
+    with pytest.raises(ShapeError, match="Output index"):
+        lin.row(3)
+    with pytest.raises(InterpError, match="eval mode"):
+        LinearScope(net.train()).interpret(torch.randn(5, dtype=torch.float64))
