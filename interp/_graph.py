@@ -164,7 +164,7 @@ class CircuitGraph:
     >>> spec = ModelSpec(name="toy", architecture="gpt2", n_layers=1, n_heads=2, d_model=8)
     >>> g = CircuitGraph.from_model(spec)
     >>> len(g.nodes), len(g.edges)
-    (5, 12)
+    (5, 13)
     >>> g.edges["input->a0.h1<k>"].score
     nan
     """
