@@ -205,7 +205,8 @@ def faithfulness(
     """
     model, layout = prepare_edge_model(model)
     clean, corrupt = baselines(model, task)
-    value = float(edge_patching(model, task, _circuit_mask(layout, graph.prune()),
+    circuit = graph.prune()
+    value = float(edge_patching(model, task, _circuit_mask(layout, circuit),
                                 run="clean", source="corrupt" if ablation == "corrupt" else "mean"))
     if ablation == "mean":
         corrupt = float(edge_patching(model, task, _circuit_mask(
@@ -217,8 +218,8 @@ def faithfulness(
         "metric": value,
         "clean": clean,
         "corrupt": corrupt,
-        "n_edges": graph.prune().n_edges_in_graph,
-        "n_nodes": graph.prune().n_nodes_in_graph,
+        "n_edges": circuit.n_edges_in_graph,
+        "n_nodes": circuit.n_nodes_in_graph,
     }
 
 
