@@ -148,6 +148,55 @@ class LinearInterpretation:
         return (torch.from_numpy(u[:, order].copy()), torch.from_numpy(s[order].copy()),
                 torch.from_numpy(vt[order].copy()))
 
+    def contribution_graph(self, top: int | None = None):
+        """Contributions between units of consecutive layers at x0, as a CircuitGraph.
+
+        For a ``Sequential`` of ``Linear`` layers and elementwise activations: the edge from
+        unit i of one layer to unit j of the next carries ``g_j W_ji a_i(x0)``, the part of
+        unit j's (linearised) activation that unit i supplies; node scores are activations.
+        ``top`` keeps only that many strongest edges in the circuit mask.
+        """
+        from interp import CircuitGraph
+
+        layers = list(self.model.children()) if isinstance(self.model, nn.Sequential) else []
+        linears = [m for m in layers if isinstance(m, nn.Linear)]
+        if not linears or any(not isinstance(m, nn.Linear | nn.Flatten)
+                              and next(iter(m.parameters(recurse=False)), None) is not None
+                              for m in layers):
+            raise InterpError("contribution_graph reads a Sequential of Linear layers and "
+                              "parameter-free elementwise activations.")
+        acts: list[Tensor] = []  # the input of every Linear, then the output
+        with torch.no_grad():
+            h = self.x0[None]
+            for m in layers:
+                if isinstance(m, nn.Linear):
+                    acts.append(h.flatten(1)[0])
+                h = m(h)
+            acts.append(h[0])
+        # gain of the activation after each Linear: next Linear input / this Linear output
+        names: list[str] = []
+        edges, scores, node_scores = [], [], []
+        for layer, values in enumerate(acts):
+            prefix = "x" if layer == 0 else ("y" if layer == len(acts) - 1 else f"h{layer}")
+            names += [f"{prefix}.{i}" for i in range(values.numel())]
+            node_scores += values.tolist()
+        offset = 0
+        for layer, linear in enumerate(linears):
+            a_in = acts[layer]
+            z = linear(a_in[None])[0].detach()
+            gain = acts[layer + 1] / torch.where(z == 0, torch.ones_like(z), z)
+            share = gain[:, None] * linear.weight.detach() * a_in[None, :]  # (out, in)
+            n_in, n_out = a_in.numel(), z.numel()
+            for j in range(n_out):
+                for i in range(n_in):
+                    edges.append((names[offset + i], names[offset + n_in + j]))
+                    scores.append(float(share[j, i]))
+            offset += n_in
+        graph = CircuitGraph(names, edges, node_scores=node_scores, edge_scores=scores,
+                             method="linearscope", meta={"kind": "contributions"},
+                             score_dtype=torch.float64)
+        return graph if top is None else graph.top(top, prune=False)
+
     @staticmethod
     def _unit(k: int, like: Tensor) -> Tensor:
         if not 0 <= k < like.numel():

@@ -575,7 +575,10 @@ def _reach(start: Tensor, frm: Tensor, to: Tensor) -> Tensor:
 def _scores(values: Any, n: int, dtype: torch.dtype, what: str) -> Tensor:
     if values is None:
         return torch.full((n,), math.nan, dtype=dtype)
-    t = torch.as_tensor(values).detach().to("cpu", dtype)
+    if isinstance(values, Tensor):
+        t = values.detach().to("cpu", dtype)
+    else:  # lists of floats straight to the score dtype (not through float32)
+        t = torch.as_tensor(values, dtype=dtype)
     if t.shape != (n,):
         raise GraphFormatError(f"{what} must have shape ({n},); got {tuple(t.shape)}.")
     return t.clone()

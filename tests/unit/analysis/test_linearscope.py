@@ -66,3 +66,23 @@ def test_errors() -> None:
         lin.row(3)
     with pytest.raises(InterpError, match="eval mode"):
         LinearScope(net.train()).interpret(torch.randn(5, dtype=torch.float64))
+
+
+def test_contribution_graph_adds_up_to_each_unit() -> None:
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.Tanh(),
+                        nn.Linear(5, 2)).double().eval()
+    x0 = torch.randn(4, dtype=torch.float64)
+    lin = LinearScope(net).interpret(x0)
+    graph = lin.contribution_graph()
+    assert len(graph.nodes) == 4 + 6 + 5 + 2 and len(graph.edges) == 4 * 6 + 6 * 5 + 5 * 2
+    # incoming contributions plus the linearised bias give each unit's activation
+    h1 = torch.tanh(net[2](torch.relu(net[0](x0[None]))))[0]
+    z1 = net[2](torch.relu(net[0](x0[None])))[0]
+    for j in range(5):
+        incoming = sum(e.score for e in graph.edges.values() if e.dst == f"h2.{j}")
+        bias = float(h1[j] / z1[j] * net[2].bias[j])
+        assert abs(incoming + bias - float(h1[j])) < 1e-10
+    assert graph.top(5, prune=False).n_edges_in_graph == 5
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2)).double().eval()
+    with pytest.raises(InterpError, match="Sequential of Linear"):
+        LinearScope(cnn).interpret(torch.randn(1, 4, 4, dtype=torch.float64)).contribution_graph()
