@@ -209,3 +209,70 @@ class LinearInterpretation:
         if x.shape != self.x0.shape:
             raise ShapeError(f"Expected an input-shaped tensor {tuple(self.x0.shape)}, "
                              f"got {tuple(x.shape)}.")
+
+
+class TransformerLinearScope:
+    """The linear map from input embeddings to one position's logits, gains frozen at a prompt.
+
+    Norm scales, activation gains and attention patterns are held at their values for the
+    prompt (the ``relp-ah`` rule set, which is exactly that linearisation), so a logit is
+    ``A(x0)[k] . embeddings + c_k`` and each token's share of it can be read off.
+
+    Examples
+    --------
+    >>> scope = TransformerLinearScope(load_model("tiny-llama"))
+    >>> lin = scope.interpret(PROMPT)
+    >>> lin.token_contributions(5).shape
+    torch.Size([15])
+    """
+
+    def __init__(self, model) -> None:
+        from interp import TransformerModel
+
+        if not isinstance(model, TransformerModel):
+            raise InterpError("TransformerLinearScope reads a model from interp.load_model.")
+        self.model = model
+
+    def interpret(self, prompt, position: int = -1) -> TransformerInterpretation:
+        """Linearise the model at ``prompt`` (text or token ids) for the logits at ``position``."""
+        tokens = self.model._prepare(prompt)
+        if tokens.shape[0] != 1:
+            raise ShapeError("interpret reads one prompt at a time.")
+        with torch.no_grad():
+            logits, cache = self.model.run_with_cache(tokens, ["input"])
+        return TransformerInterpretation(self.model, tokens, position, logits[0, position],
+                                         cache["input"][0])
+
+
+@dataclass
+class TransformerInterpretation:
+    """Rows of A and per-token contributions for one prompt's logits at one position."""
+
+    model: object
+    tokens: Tensor
+    position: int
+    output: Tensor
+    embeddings: Tensor  # (pos, d_model), what the first block reads
+
+    def row(self, k: int) -> Tensor:
+        """``A[k]``: the frozen-gain gradient of logit k w.r.t. the input embeddings."""
+        from interp import gradient_rules
+
+        if not 0 <= k < self.output.numel():
+            raise ShapeError(f"Logit index must be in 0..{self.output.numel() - 1}; got {k}.")
+        with gradient_rules(self.model, "relp-ah"):
+            run = self.model.run_with_grads(
+                self.tokens, lambda logits: logits[0, self.position, k], ["input"])
+        return run.gradients["input"][0]
+
+    def contributions(self, k: int) -> Tensor:
+        """``A[k] * x0``, shape (pos, d_model)."""
+        return self.row(k) * self.embeddings
+
+    def token_contributions(self, k: int) -> Tensor:
+        """Each token's vote for logit k (its embedding's contribution, summed over d_model)."""
+        return self.contributions(k).sum(-1)
+
+    def bias(self, k: int) -> float:
+        """What the biases add to logit k: ``f_k - sum of the token votes``."""
+        return float(self.output[k] - self.token_contributions(k).sum())

@@ -86,3 +86,25 @@ def test_contribution_graph_adds_up_to_each_unit() -> None:
     cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2)).double().eval()
     with pytest.raises(InterpError, match="Sequential of Linear"):
         LinearScope(cnn).interpret(torch.randn(1, 4, 4, dtype=torch.float64)).contribution_graph()
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_transformer_votes_add_up_to_the_logit(name: str) -> None:
+    """The tiny models have no biases (GPT-2's are zero at initialisation): with every gain
+    frozen, the token votes add up to the logit exactly."""
+    import interp
+    from analysis import TransformerLinearScope
+
+    model = interp.load_model(name, dtype=torch.float64)
+    lin = TransformerLinearScope(model).interpret(
+        "When Mary and John went to the store, John gave a drink to")
+    k = int(lin.output.argmax())
+    votes = lin.token_contributions(k)
+    assert votes.shape == (15,)
+    assert abs(lin.bias(k)) < 1e-6 * max(1.0, abs(float(lin.output[k])))
+    # the row is the gradient of the frozen-gain map, not the plain gradient
+    plain = model.run_with_grads("When Mary and John went to the store, John gave a drink to",
+                                 lambda lg: lg[0, -1, k], ["input"]).gradients["input"][0]
+    assert not torch.allclose(plain, lin.row(k))
+    with pytest.raises(ShapeError, match="Logit index"):
+        lin.row(10**6)
