@@ -93,6 +93,33 @@ def _gradients(
             for s, g in ((s, run.gradients[s]) for s in sites)}
 
 
+def _site_scores(
+    model: TransformerModel,
+    task: Task,
+    sites: list[str],
+    direction: Direction,
+    ig_steps: int,
+    gradient_rules: GradientRules,
+    rows_per_pass: int,
+) -> dict[str, Tensor]:
+    """Per site, ``(a_source - a_base) * gradient`` summed over prompts and d_model: shape
+    (pos, [head]). Prompts go in chunks; each chunk is weighted by its share of the mean."""
+    n = len(task)
+    total: dict[str, Tensor] = {}
+    for chunk in _prompt_chunks(n, ig_steps, rows_per_pass):
+        sub = task.subset(chunk)
+        base, source = base_and_source(sub, direction)
+        with torch.no_grad():
+            _, src = model.run_with_cache(source, sites)
+            _, cur = model.run_with_cache(base, sites)
+        grads = _gradients(model, sub, sites, base, source, ig_steps, gradient_rules)
+        weight = (chunk.stop - chunk.start) / n  # the metric is a mean over prompts
+        for site in sites:
+            value = ((src[site] - cur[site]) * grads[site]).sum(-1).sum(0) * weight
+            total[site] = value if site not in total else total[site] + value
+    return total
+
+
 def attribution_patching(
     model: TransformerModel,
     task: Task,
@@ -112,26 +139,12 @@ def attribution_patching(
     if component not in COMPONENTS:
         raise InterpError(f"component must be one of {list(COMPONENTS)}; got {component!r}.")
     _check_steps(ig_steps)
-    base, source = base_and_source(task, direction)
-    spec = model.spec
-    sites = [COMPONENTS[component].format(layer=layer) for layer in range(spec.n_layers)]
-    n = len(task)
-    total = None
-    for chunk in _prompt_chunks(n, ig_steps, rows_per_pass):
-        sub = task.subset(chunk)
-        sub_base, sub_source = base_and_source(sub, direction)
-        with torch.no_grad():
-            _, src = model.run_with_cache(sub_source, sites)
-            _, cur = model.run_with_cache(sub_base, sites)
-        grads = _gradients(model, sub, sites, sub_base, sub_source, ig_steps, gradient_rules)
-        weight = (chunk.stop - chunk.start) / n  # the metric is a mean over prompts
-        per_layer = []
-        for site in sites:
-            prod = (src[site] - cur[site]) * grads[site]  # (n, pos, [head,] d)
-            prod = prod.sum(-1).sum(0)  # (pos, [head])
-            per_layer.append(prod if per_position else prod.sum(0))
-        scores = torch.stack(per_layer) * weight
-        total = scores if total is None else total + scores
+    base, _ = base_and_source(task, direction)
+    sites = [COMPONENTS[component].format(layer=layer) for layer in range(model.spec.n_layers)]
+    per_site = _site_scores(model, task, sites, direction, ig_steps, gradient_rules,
+                            rows_per_pass)
+    total = torch.stack([per_site[site] if per_position else per_site[site].sum(0)
+                         for site in sites])
     with torch.no_grad():
         m_base = float(task.logit_diff(model(base)))
     return m_base + total
@@ -253,18 +266,8 @@ def node_attribution(
     sites = ["input"] + [s for layer in range(spec.n_layers)
                          for s in (f"a{layer}.result", f"m{layer}")]
     n = len(task)
-    per_site: dict[str, Tensor] = {}
-    for chunk in _prompt_chunks(n, ig_steps, rows_per_pass):
-        sub = task.subset(chunk)
-        base, source = base_and_source(sub, direction)
-        with torch.no_grad():
-            _, src = model.run_with_cache(source, sites)
-            _, cur = model.run_with_cache(base, sites)
-        grads = _gradients(model, sub, sites, base, source, ig_steps, gradient_rules)
-        weight = (chunk.stop - chunk.start) / n
-        for site in sites:
-            value = ((src[site] - cur[site]) * grads[site]).double().sum(-1).sum((0, 1)) * weight
-            per_site[site] = per_site.get(site, 0) + value
+    per_site = {site: value.double().sum(0) for site, value in _site_scores(
+        model, task, sites, direction, ig_steps, gradient_rules, rows_per_pass).items()}
     scores = torch.full((len(graph.node_names),), float("nan"), dtype=torch.float64)
     index = graph._node_index
     scores[index["input"]] = per_site["input"]
