@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from interp import CircuitGraph, InterpError, Site, TransformerModel
+from interp._progress import progress_bar
 
 from ._edges import prepare_edge_model
 from ._layout import GraphLayout
@@ -188,8 +188,7 @@ def _edge_matrix(
     reader_sites = [g.site for g in layout.reader_groups]
     writer_sites = [g.site for g in layout.writer_groups]
     chunks = list(_prompt_chunks(n, ig_steps, rows_per_pass))
-    for chunk in tqdm(chunks, desc="attribution", disable=None if progress is None
-                      else not progress, leave=False):
+    for chunk in progress_bar(chunks, desc="attribution", progress=progress):
         sub = task.subset(chunk)
         deltas = _writer_deltas(model, layout, sub, direction)
         base, source = base_and_source(sub, direction)

@@ -17,15 +17,20 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from interp import CircuitGraph, InterpError, Site, TransformerModel, ungroup_gqa
+from interp._progress import progress_bar
 
 from ._layout import GraphLayout, ReaderGroup, WriterGroup
 from ._tasks import Task
 
-__all__ = ["edge_patching", "faithfulness", "faithfulness_curve", "exact_edge_scores",
-           "prepare_edge_model"]
+__all__ = [
+    "edge_patching",
+    "faithfulness",
+    "faithfulness_curve",
+    "exact_edge_scores",
+    "prepare_edge_model",
+]
 
 Ablation = Literal["corrupt", "mean"]
 
@@ -46,8 +51,9 @@ def _writer_sites(layout: GraphLayout) -> list[str]:
     return [g.site for g in layout.writer_groups]
 
 
-def _source_writers(model: TransformerModel, layout: GraphLayout, task: Task, source: str,
-                    copies: int) -> dict[str, Tensor]:
+def _source_writers(
+    model: TransformerModel, layout: GraphLayout, task: Task, source: str, copies: int
+) -> dict[str, Tensor]:
     """Writer activations of the source run, stacked ``copies`` times along the batch."""
     tokens = {"clean": task.clean, "corrupt": task.corrupt, "mean": task.corrupt}[source]
     _, cache = model.run_with_cache(tokens, _writer_sites(layout))
@@ -69,8 +75,9 @@ class _EdgePatcher:
     """Forward hooks that record writer deltas and correct reader inputs, for ``copies``
     stacked copies of the batch each with its own (reader, writer) patch mask."""
 
-    def __init__(self, layout: GraphLayout, patched: Tensor, source: dict[str, Tensor],
-                 n: int) -> None:
+    def __init__(
+        self, layout: GraphLayout, patched: Tensor, source: dict[str, Tensor], n: int
+    ) -> None:
         self.layout, self.patched, self.source, self.n = layout, patched, source, n
         self.copies = patched.shape[0]
         self.deltas: Tensor | None = None  # (copies * n, pos, writers, d_model)
@@ -106,18 +113,21 @@ class _EdgePatcher:
             if not bool(mask.any()):
                 return None
             k, n = self.copies, self.n
-            deltas = self.deltas[:, :, : group.n_prior].view(k, n, *self.deltas.shape[1:2],
-                                                             group.n_prior, -1)
+            deltas = self.deltas[:, :, : group.n_prior].view(
+                k, n, *self.deltas.shape[1:2], group.n_prior, -1
+            )
             keep = ~mask
             if int(mask.sum()) <= int(keep.sum()):
                 used = mask.any(0).any(0).nonzero().flatten()
-                corr = torch.einsum("knpwd,khw->knphd", deltas[:, :, :, used],
-                                    mask[:, :, used].to(deltas.dtype))
+                corr = torch.einsum(
+                    "knpwd,khw->knphd", deltas[:, :, :, used], mask[:, :, used].to(deltas.dtype)
+                )
             else:  # most edges patched: everything minus the kept ones
                 used = keep.any(0).any(0).nonzero().flatten()
                 total = self.total.view(k, n, -1, self.total.shape[-1])[:, :, :, None]
-                corr = total - torch.einsum("knpwd,khw->knphd", deltas[:, :, :, used],
-                                            keep[:, :, used].to(deltas.dtype))
+                corr = total - torch.einsum(
+                    "knpwd,khw->knphd", deltas[:, :, :, used], keep[:, :, used].to(deltas.dtype)
+                )
             corr = corr.reshape(k * n, *corr.shape[2:])
             return x + (corr if group.per_head else corr[:, :, 0])
 
@@ -173,8 +183,11 @@ def edge_patching(
 def _circuit_mask(layout: GraphLayout, graph: CircuitGraph) -> Tensor:
     """Patch mask of a circuit: every real edge that is not in the circuit."""
     w, r = layout.edge_index(graph)
-    in_circuit = graph.edge_in_graph & graph.node_in_graph[graph.edge_src] \
+    in_circuit = (
+        graph.edge_in_graph
+        & graph.node_in_graph[graph.edge_src]
         & graph.node_in_graph[graph.edge_dst]
+    )
     mask = torch.zeros(layout.n_readers, layout.n_writers, dtype=torch.bool)
     mask[r, w] = ~in_circuit
     return mask
@@ -183,7 +196,9 @@ def _circuit_mask(layout: GraphLayout, graph: CircuitGraph) -> Tensor:
 def baselines(model: TransformerModel, task: Task) -> tuple[float, float]:
     """Metric on the clean and on the corrupted prompts."""
     with torch.no_grad():
-        return float(task.logit_diff(model(task.clean))), float(task.logit_diff(model(task.corrupt)))
+        return float(task.logit_diff(model(task.clean))), float(
+            task.logit_diff(model(task.corrupt))
+        )
 
 
 def faithfulness(
@@ -206,12 +221,27 @@ def faithfulness(
     model, layout = prepare_edge_model(model)
     clean, corrupt = baselines(model, task)
     circuit = graph.prune()
-    value = float(edge_patching(model, task, _circuit_mask(layout, circuit),
-                                run="clean", source="corrupt" if ablation == "corrupt" else "mean"))
+    value = float(
+        edge_patching(
+            model,
+            task,
+            _circuit_mask(layout, circuit),
+            run="clean",
+            source="corrupt" if ablation == "corrupt" else "mean",
+        )
+    )
     if ablation == "mean":
-        corrupt = float(edge_patching(model, task, _circuit_mask(
-            layout, graph.copy(edge_in_graph=torch.zeros_like(graph.edge_in_graph))),
-            run="clean", source="mean"))
+        corrupt = float(
+            edge_patching(
+                model,
+                task,
+                _circuit_mask(
+                    layout, graph.copy(edge_in_graph=torch.zeros_like(graph.edge_in_graph))
+                ),
+                run="clean",
+                source="mean",
+            )
+        )
     gap = clean - corrupt
     return {
         "faithfulness": (value - corrupt) / gap if gap else float("nan"),
@@ -237,8 +267,7 @@ def faithfulness_curve(
     import pandas as pd
 
     rows = []
-    for k in tqdm(list(sizes), desc="faithfulness", disable=None if progress is None
-                  else not progress, leave=False):
+    for k in progress_bar(list(sizes), desc="faithfulness", progress=progress):
         circuit = graph.top(int(k), level=level)
         result = faithfulness(model, circuit, task, ablation=ablation)
         rows.append({"k": int(k), "level": level, **result})
@@ -289,8 +318,9 @@ def exact_edge_scores(
     with torch.no_grad():
         base = float(task.logit_diff(model(task.corrupt if run == "corrupt" else task.clean)))
     scores = torch.empty(len(w))
-    for start in tqdm(range(0, len(w), edges_per_pass), desc="exact edges",
-                      disable=None if progress is None else not progress, leave=False):
+    for start in progress_bar(
+        range(0, len(w), edges_per_pass), desc="exact edges", progress=progress
+    ):
         idx = torch.arange(start, min(start + edges_per_pass, len(w)))
         masks = torch.zeros(len(idx), layout.n_readers, layout.n_writers, dtype=torch.bool)
         masks[torch.arange(len(idx)), r[idx], w[idx]] = True

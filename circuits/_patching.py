@@ -21,9 +21,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from interp import InterpError, Site, TransformerModel
+from interp._progress import progress_bar
 
 from ._tasks import Task
 
@@ -150,8 +150,7 @@ def activation_patching(
     per_pass = max(1, tokens_per_pass // (n * n_pos))
     values = torch.empty(len(cells), dtype=inputs.resid[0].dtype)
     done = 0
-    bar = tqdm(total=len(cells), desc=f"patching {component}", disable=progress is False
-               if progress is not None else None, leave=False)
+    bar = progress_bar(total=len(cells), desc=f"patching {component}", progress=progress)
     with torch.no_grad(), bar:
         for chunk in _chunks(cells, per_pass):
             layer, copies = chunk[0].layer, len(chunk)

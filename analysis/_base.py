@@ -1,0 +1,105 @@
+"""The estimator contract shared by every analysis (scikit-learn style).
+
+``__init__`` only stores keyword arguments; ``fit`` validates, learns attributes ending in ``_``
+and returns ``self``; using an unfitted estimator raises :class:`NotFittedError`. Inputs are
+checked once at the public entry point by :func:`check_matrix`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from interp import InterpError, ShapeError
+
+__all__ = ["NotFittedError", "check_fitted", "check_matrix", "check_labels"]
+
+
+class NotFittedError(InterpError, AttributeError):
+    """An estimator used before ``fit``."""
+
+
+def check_fitted(estimator: Any, *attributes: str) -> None:
+    """Raise :class:`NotFittedError` unless every attribute exists on ``estimator``.
+
+    Examples
+    --------
+    >>> class Est:
+    ...     pass
+    >>> check_fitted(Est(), "codes_")
+    Traceback (most recent call last):
+    ...
+    analysis._base.NotFittedError: This Est is not fitted yet: call fit(...) before using it.
+    """
+    if not all(hasattr(estimator, name) for name in attributes):
+        raise NotFittedError(
+            f"This {type(estimator).__name__} is not fitted yet: call fit(...) before using it."
+        )
+
+
+def check_matrix(
+    x: Any,
+    name: str = "X",
+    *,
+    ndim: int | tuple[int, ...] = 2,
+    dtype: torch.dtype | None = None,
+    min_rows: int = 1,
+) -> Tensor:
+    """``x`` (array-like) as a finite floating-point tensor of the expected rank.
+
+    Integer and boolean inputs become float32 unless ``dtype`` says otherwise; floating inputs
+    keep their precision. The error names the argument, the shape expected and the one received.
+
+    Examples
+    --------
+    >>> check_matrix([[1, 2], [3, 4]]).dtype
+    torch.float32
+    >>> check_matrix([1.0, 2.0])
+    Traceback (most recent call last):
+    ...
+    interp._errors.ShapeError: X must be a 2-D array (examples, features); got shape (2,). ...
+    """
+    if isinstance(x, Tensor):
+        t = x.detach()
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError) as err:
+            raise ShapeError(
+                f"{name} must be an array of numbers; got {type(x).__name__}."
+            ) from err
+    ranks = (ndim,) if isinstance(ndim, int) else ndim
+    if t.ndim not in ranks:
+        wanted = " or ".join(f"{r}-D" for r in ranks)
+        hint = " (examples, features)" if ranks == (2,) else ""
+        raise ShapeError(
+            f"{name} must be a {wanted} array{hint}; got shape {tuple(t.shape)}. "
+            "Reshape it, e.g. x.reshape(len(x), -1)."
+        )
+    if t.shape[0] < min_rows:
+        raise ShapeError(f"{name} needs at least {min_rows} rows; got {t.shape[0]}.")
+    if dtype is not None:
+        t = t.to(dtype)
+    elif not t.is_floating_point():
+        t = t.to(torch.float32)
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise ShapeError(
+            f"{name} contains {bad} NaN or infinite values; clean or impute them first."
+        )
+    return t
+
+
+def check_labels(y: Any, n: int, name: str = "y") -> Tensor:
+    """Integer class labels, one per example, as a 1-D int64 tensor."""
+    t = y.detach() if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y))
+    if t.ndim != 1 or t.shape[0] != n:
+        raise ShapeError(
+            f"{name} must hold one label per example ({n}); got shape {tuple(t.shape)}."
+        )
+    if t.is_floating_point() and not torch.equal(t, t.round()):
+        raise ShapeError(f"{name} must hold integer class labels; got non-integer values.")
+    return t.long()
