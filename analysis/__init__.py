@@ -1,21 +1,26 @@
 """analysis: representation analyses (neural codes, neuron alignment, LinearScope, interaction basis).
 
-So far: :class:`LinearScope` (plain networks) and :class:`TransformerLinearScope` (input
-embeddings to logits), the linear interpreters of a network at one input.
+- :mod:`~analysis._experiments`: the offline experiment kit (data sets, small networks, training);
+- :class:`LinearScope` / :class:`TransformerLinearScope`: the linear map a network applies at one input;
+- neural codes and neuron alignment (convergent learning);
+- the interaction basis and degeneracy diagnostics.
+
+Every estimator follows scikit-learn's contract (see :mod:`analysis._base`). Each module lists its
+public names in ``__all__``; this package re-exports them.
 """
 
 from __future__ import annotations
 
-from ._linearscope import (
-    LinearInterpretation,
-    LinearScope,
-    TransformerInterpretation,
-    TransformerLinearScope,
-)
+from . import _alignment, _base, _codes, _experiments, _interaction, _linearscope
+from ._alignment import *  # noqa: F403
+from ._base import *  # noqa: F403
+from ._codes import *  # noqa: F403
+from ._experiments import *  # noqa: F403
+from ._interaction import *  # noqa: F403
+from ._linearscope import *  # noqa: F403
 
 __all__ = [
-    "LinearInterpretation",
-    "LinearScope",
-    "TransformerInterpretation",
-    "TransformerLinearScope",
+    name
+    for module in (_experiments, _base, _linearscope, _codes, _alignment, _interaction)
+    for name in module.__all__
 ]

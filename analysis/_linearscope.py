@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from interp import InterpError, ShapeError
 from interp._frozen import frozen_gains
 
-__all__ = ["LinearInterpretation", "LinearScope"]
+__all__ = ["LinearInterpretation", "LinearScope", "TransformerInterpretation", "TransformerLinearScope"]
 
 MAX_MATRIX_ENTRIES = 50_000_000
 
