@@ -11,6 +11,7 @@ mechanism as RelP's LRP rules.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -76,21 +77,27 @@ class LinearInterpretation:
     def apply(self, x: Tensor) -> Tensor:
         """``A x`` (x shaped like the input), by forward-mode differentiation at x0."""
         self._check_input(x)
-        with frozen_gains(self.model):
-            _, out = torch.func.jvp(self._f, (self.x0,), (x.to(self.x0.dtype),))
-        return out.detach()
+        return self._jvp(x.to(self.x0.dtype)).detach()
 
     def apply_transposed(self, y: Tensor) -> Tensor:
         """``A^T y`` (y shaped like the output), by reverse-mode differentiation at x0."""
         if y.shape != self.output.shape:
             raise ShapeError(f"Expected an output-shaped vector {tuple(self.output.shape)}, "
                              f"got {tuple(y.shape)}.")
+        return self._vjp(y.to(self.output.dtype)).detach()
+
+    def _jvp(self, x: Tensor) -> Tensor:
+        with frozen_gains(self.model):
+            _, out = torch.func.jvp(self._f, (self.x0,), (x,))
+        return out
+
+    def _vjp(self, y: Tensor) -> Tensor:
         x = self.x0.clone().requires_grad_(True)
         with torch.enable_grad(), frozen_gains(self.model):
-            (grad,) = torch.autograd.grad(self._f(x), [x], grad_outputs=[y.to(self.x0.dtype)])
-        return grad.detach()
+            (grad,) = torch.autograd.grad(self._f(x), [x], grad_outputs=[y])
+        return grad
 
-    @property
+    @cached_property
     def bias(self) -> Tensor:
         """``c(x0) = f(x0) - A x0``: what the biases (and normalisation shifts) contribute."""
         return self.output - self.apply(self.x0)
@@ -240,39 +247,44 @@ class TransformerLinearScope:
             raise ShapeError("interpret reads one prompt at a time.")
         with torch.no_grad():
             logits, cache = self.model.run_with_cache(tokens, ["input"])
-        return TransformerInterpretation(self.model, tokens, position, logits[0, position],
-                                         cache["input"][0])
+        return TransformerInterpretation(self.model, cache["input"][0], logits[0, position],
+                                         tokens=tokens, position=position)
 
 
 @dataclass
-class TransformerInterpretation:
-    """Rows of A and per-token contributions for one prompt's logits at one position."""
+class TransformerInterpretation(LinearInterpretation):
+    """``logits = A e + c`` at one prompt: ``e`` the input embeddings (pos, d_model), the logits
+    those of one position, every gain frozen (the ``relp-ah`` rule set). Everything of
+    :class:`LinearInterpretation` works, with ``x0`` the prompt's own embeddings."""
 
-    model: object
-    tokens: Tensor
-    position: int
-    output: Tensor
-    embeddings: Tensor  # (pos, d_model), what the first block reads
+    tokens: Tensor = None
+    position: int = -1
 
-    def row(self, k: int) -> Tensor:
-        """``A[k]``: the frozen-gain gradient of logit k w.r.t. the input embeddings."""
+    @property
+    def embeddings(self) -> Tensor:
+        """What the first block reads, (pos, d_model): the input x0 of the linear map."""
+        return self.x0
+
+    def _jvp(self, x: Tensor) -> Tensor:
+        import torch.autograd.forward_ad as fwad
+
         from interp import gradient_rules
 
-        if not 0 <= k < self.output.numel():
-            raise ShapeError(f"Logit index must be in 0..{self.output.numel() - 1}; got {k}.")
+        # forward-mode AD through the rules: their detached factors carry no tangent
+        with torch.no_grad(), gradient_rules(self.model, "relp-ah"), fwad.dual_level():
+            dual = fwad.make_dual(self.x0[None], x[None])
+            with self.model.patch({"input": dual}):
+                logits = self.model(self.tokens)
+            return fwad.unpack_dual(logits).tangent[0, self.position]
+
+    def _vjp(self, y: Tensor) -> Tensor:
+        from interp import gradient_rules
+
         with gradient_rules(self.model, "relp-ah"):
             run = self.model.run_with_grads(
-                self.tokens, lambda logits: logits[0, self.position, k], ["input"])
+                self.tokens, lambda logits: (logits[0, self.position] * y).sum(), ["input"])
         return run.gradients["input"][0]
-
-    def contributions(self, k: int) -> Tensor:
-        """``A[k] * x0``, shape (pos, d_model)."""
-        return self.row(k) * self.embeddings
 
     def token_contributions(self, k: int) -> Tensor:
         """Each token's vote for logit k (its embedding's contribution, summed over d_model)."""
         return self.contributions(k).sum(-1)
-
-    def bias(self, k: int) -> float:
-        """What the biases add to logit k: ``f_k - sum of the token votes``."""
-        return float(self.output[k] - self.token_contributions(k).sum())

@@ -101,10 +101,36 @@ def test_transformer_votes_add_up_to_the_logit(name: str) -> None:
     k = int(lin.output.argmax())
     votes = lin.token_contributions(k)
     assert votes.shape == (15,)
-    assert abs(lin.bias(k)) < 1e-6 * max(1.0, abs(float(lin.output[k])))
+    assert abs(float(lin.bias[k])) < 1e-6 * max(1.0, abs(float(lin.output[k])))
     # the row is the gradient of the frozen-gain map, not the plain gradient
     plain = model.run_with_grads("When Mary and John went to the store, John gave a drink to",
                                  lambda lg: lg[0, -1, k], ["input"]).gradients["input"][0]
     assert not torch.allclose(plain, lin.row(k))
-    with pytest.raises(ShapeError, match="Logit index"):
+    with pytest.raises(ShapeError, match="Output index"):
         lin.row(10**6)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_transformer_map_forward_and_transposed(name: str) -> None:
+    """``apply`` (forward-mode under the rules) and ``apply_transposed`` (reverse-mode) are the
+    same linear map: A x0 reproduces every logit of a bias-free model, the adjoint identity
+    holds, and the top singular pair satisfies A^T A v = s^2 v."""
+    import interp
+    from analysis import TransformerLinearScope
+
+    model = interp.load_model(name, dtype=torch.float64)
+    model("warm up")  # the bridge wires its own capture hooks on its first forward
+    hooks_before = count_hooks(model.model)
+    lin = TransformerLinearScope(model).interpret("When Mary and John went to the store")
+    # exact up to the rules' 1e-6 stabiliser in the activation gains f(z)/z
+    torch.testing.assert_close(lin.apply(lin.x0), lin.output, atol=1e-5, rtol=1e-5)
+    assert float(lin.bias.abs().max()) < 1e-5
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(lin.x0.shape, generator=g, dtype=torch.float64)
+    y = torch.randn(lin.output.shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close((lin.apply(x) * y).sum(), (x * lin.apply_transposed(y)).sum())
+    _, s, vt = lin.svd(1)
+    v = vt[0].view_as(lin.x0)
+    torch.testing.assert_close(lin.apply_transposed(lin.apply(v)), s[0] ** 2 * v,
+                               atol=1e-6 * float(s[0]) ** 2, rtol=1e-6)
+    assert count_hooks(model.model) == hooks_before
