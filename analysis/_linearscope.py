@@ -158,50 +158,46 @@ class LinearInterpretation:
     def contribution_graph(self, top: int | None = None):
         """Contributions between units of consecutive layers at x0, as a CircuitGraph.
 
-        For a ``Sequential`` of ``Linear`` layers and elementwise activations: the edge from
-        unit i of one layer to unit j of the next carries ``g_j W_ji a_i(x0)``, the part of
-        unit j's (linearised) activation that unit i supplies; node scores are activations.
+        For a ``Sequential`` whose weighted layers are ``Linear`` / ``Conv1d`` / ``Conv2d``: the
+        network is cut before every weighted layer after the first into segments (a weighted
+        layer and what follows it up to the next one: activations, pooling, batch norm, flatten).
+        Units are the elements of a segment's input, or its channels when it has a channel axis
+        (conv feature maps). The edge from unit i to unit j of the next cut carries the part of
+        j's linearised activation that i supplies, ``sum over j's elements of G W a_i(x0)``,
+        where ``G`` is the segment's frozen-gain map; what is left of j is its share of the
+        biases. Node scores are the activations (summed over a channel's positions).
         ``top`` keeps only that many strongest edges in the circuit mask.
         """
         from interp import CircuitGraph
 
-        layers = list(self.model.children()) if isinstance(self.model, nn.Sequential) else []
-        linears = [m for m in layers if isinstance(m, nn.Linear)]
-        if not linears or any(not isinstance(m, nn.Linear | nn.Flatten)
-                              and next(iter(m.parameters(recurse=False)), None) is not None
-                              for m in layers):
-            raise InterpError("contribution_graph reads a Sequential of Linear layers and "
-                              "parameter-free elementwise activations.")
-        acts: list[Tensor] = []  # the input of every Linear, then the output
-        with torch.no_grad():
-            h = self.x0[None]
-            for m in layers:
-                if isinstance(m, nn.Linear):
-                    acts.append(h.flatten(1)[0])
-                h = m(h)
-            acts.append(h[0])
-        # gain of the activation after each Linear: next Linear input / this Linear output
+        segments = _segments(self.model)
         names: list[str] = []
-        edges, scores, node_scores = [], [], []
-        for layer, values in enumerate(acts):
-            prefix = "x" if layer == 0 else ("y" if layer == len(acts) - 1 else f"h{layer}")
-            names += [f"{prefix}.{i}" for i in range(values.numel())]
-            node_scores += values.tolist()
-        offset = 0
-        for layer, linear in enumerate(linears):
-            a_in = acts[layer]
-            z = linear(a_in[None])[0].detach()
-            gain = acts[layer + 1] / torch.where(z == 0, torch.ones_like(z), z)
-            share = gain[:, None] * linear.weight.detach() * a_in[None, :]  # (out, in)
-            n_in, n_out = a_in.numel(), z.numel()
-            for j in range(n_out):
-                for i in range(n_in):
-                    edges.append((names[offset + i], names[offset + n_in + j]))
-                    scores.append(float(share[j, i]))
-            offset += n_in
-        graph = CircuitGraph(names, edges, node_scores=node_scores, edge_scores=scores,
-                             method="linearscope", meta={"kind": "contributions"},
-                             score_dtype=torch.float64)
+        edges: list[tuple[str, str]] = []
+        scores: list[Tensor] = []
+        node_scores: list[Tensor] = []
+        a = self.x0[None]
+        with torch.no_grad(), frozen_gains(self.model):
+            for index, segment in enumerate(segments):
+                prefix = "x" if index == 0 else f"h{index}"
+                groups = _unit_masks(a[0])
+                inputs = [f"{prefix}.{i}" for i in range(len(groups))]
+                names += inputs
+                node_scores.append(torch.stack([(a[0] * m).sum() for m in groups]))
+                out = segment(a)
+                share = torch.stack([  # (inputs, outputs): one forward-mode pass per input unit
+                    _unit_sums(torch.func.jvp(segment, (a,), (a * m,))[1][0]) for m in groups
+                ])
+                last = index == len(segments) - 1
+                outputs = [f"{'y' if last else f'h{index + 1}'}.{j}" for j in range(share.shape[1])]
+                edges += [(i, j) for i in inputs for j in outputs]
+                scores.append(share.flatten())
+                if last:
+                    names += outputs
+                    node_scores.append(_unit_sums(out[0]))
+                a = out
+        graph = CircuitGraph(names, edges, node_scores=torch.cat(node_scores).double(),
+                             edge_scores=torch.cat(scores).double(), method="linearscope",
+                             meta={"kind": "contributions"}, score_dtype=torch.float64)
         return graph if top is None else graph.top(top, prune=False)
 
     @staticmethod
@@ -216,6 +212,37 @@ class LinearInterpretation:
         if x.shape != self.x0.shape:
             raise ShapeError(f"Expected an input-shaped tensor {tuple(self.x0.shape)}, "
                              f"got {tuple(x.shape)}.")
+
+
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def _segments(model: nn.Module) -> list[nn.Sequential]:
+    """``model`` cut before every weighted layer after the first."""
+    if not isinstance(model, nn.Sequential):
+        raise InterpError("contribution_graph reads an nn.Sequential (cut at its weighted layers); "
+                          f"got {type(model).__name__}.")
+    pieces: list[list[nn.Module]] = [[]]
+    for module in model:
+        if isinstance(module, WEIGHTED) and any(isinstance(m, WEIGHTED) for m in pieces[-1]):
+            pieces.append([])
+        pieces[-1].append(module)
+    if not any(isinstance(m, WEIGHTED) for m in pieces[0]):
+        raise InterpError("contribution_graph needs at least one Linear or Conv layer.")
+    return [nn.Sequential(*piece) for piece in pieces]
+
+
+def _unit_masks(a: Tensor) -> list[Tensor]:
+    """One 0/1 mask per unit of an activation: per channel (dim 0) when it has spatial axes."""
+    if a.ndim == 1:
+        return list(torch.eye(a.numel(), dtype=a.dtype))
+    eye = torch.eye(a.shape[0], dtype=a.dtype)
+    return [e.view(-1, *[1] * (a.ndim - 1)).expand_as(a) for e in eye]
+
+
+def _unit_sums(a: Tensor) -> Tensor:
+    """Per-unit totals of one example's activation (channels summed over their positions)."""
+    return a if a.ndim == 1 else a.flatten(1).sum(1)
 
 
 class TransformerLinearScope:

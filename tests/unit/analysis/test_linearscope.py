@@ -83,9 +83,40 @@ def test_contribution_graph_adds_up_to_each_unit() -> None:
         bias = float(h1[j] / z1[j] * net[2].bias[j])
         assert abs(incoming + bias - float(h1[j])) < 1e-10
     assert graph.top(5, prune=False).n_edges_in_graph == 5
-    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2)).double().eval()
-    with pytest.raises(InterpError, match="Sequential of Linear"):
-        LinearScope(cnn).interpret(torch.randn(1, 4, 4, dtype=torch.float64)).contribution_graph()
+    with pytest.raises(InterpError, match="at least one Linear"):
+        LinearScope(nn.Sequential(nn.Tanh()).eval()).interpret(x0).contribution_graph()
+
+
+def test_cnn_contribution_graph_between_channels() -> None:
+    """Channels are units: channel i's edge into channel j is conv(a_i) through j's ReLU and
+    pooling mask, summed over j's positions; computed here by hand from the layers' weights."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 2 * 2, 3)).double().eval()
+    net[4].running_mean.normal_()
+    net[4].running_var.uniform_(0.5, 2)
+    x0 = torch.randn(2, 4, 4, dtype=torch.float64)
+    graph = LinearScope(net).interpret(x0).contribution_graph()
+    assert len(graph.nodes) == 2 + 3 + 16 + 3
+    assert len(graph.edges) == 2 * 3 + 3 * 16 + 16 * 3
+    a1 = net[:3](x0[None])[0]  # input of the second conv
+    z = net[3](a1[None])[0]
+    bn = net[4]
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(-1, 1, 1)
+    on = (net[4:6](z[None])[0] > 0).double()
+    for i in range(3):
+        masked = torch.zeros_like(a1)
+        masked[i] = a1[i]
+        conv = nn.functional.conv2d(masked[None], net[3].weight, padding=1)[0]
+        flat = on * scale * conv
+        for j in range(16):  # Flatten: unit j of h2 is one element of (4, 2, 2)
+            assert abs(graph.edges[f"h1.{i}->h2.{j}"].score - float(flat.flatten()[j])) < 1e-10
+    # every unit: incoming contributions + its bias share = its activation
+    out = net(x0[None])[0]
+    for j in range(3):
+        incoming = sum(graph.edges[f"h2.{i}->y.{j}"].score for i in range(16))
+        assert abs(incoming + float(net[7].bias[j]) - float(out[j])) < 1e-10
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
