@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from interp import InterpError, ShapeError
-from interp._frozen import frozen_gains
+from interp._frozen import check_linearisable, frozen_gains
 
 __all__ = ["LinearInterpretation", "LinearScope", "TransformerInterpretation", "TransformerLinearScope"]
 
@@ -43,6 +43,7 @@ class LinearScope:
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise InterpError(f"LinearScope reads a torch.nn.Module; got {type(model).__name__}.")
+        check_linearisable(model)
         self.model = model
 
     def interpret(self, x0: Tensor) -> LinearInterpretation:

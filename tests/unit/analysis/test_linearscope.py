@@ -64,6 +64,8 @@ def test_errors() -> None:
         lin.apply(torch.randn(4, dtype=torch.float64))
     with pytest.raises(ShapeError, match="Output index"):
         lin.row(3)
+    with pytest.raises(InterpError, match="module '2' of type Softmax"):
+        LinearScope(nn.Sequential(nn.Linear(5, 3), nn.ReLU(), nn.Softmax(-1)))
     with pytest.raises(InterpError, match="eval mode"):
         LinearScope(net.train()).interpret(torch.randn(5, dtype=torch.float64))
 
