@@ -64,28 +64,35 @@ def _cells(model: TransformerModel, component: str, per_position: bool, n_pos: i
             for pos in positions for head in heads]
 
 
-def _chunks(cells: list[_Cell], size: int) -> Iterator[list[_Cell]]:
-    """Consecutive cells of one layer, at most ``size`` at a time."""
+def _chunks(cells: list[_Cell], tokens_per_pass: int, n: int, n_pos: int,
+            first: int) -> Iterator[tuple[list[_Cell], int]]:
+    """Consecutive cells of one layer that fit a pass, each group with the first position it
+    must compute: a patch at position p (or anywhere, but equal to the base run before
+    ``first``) cannot change earlier positions of a causal model."""
     start = 0
     while start < len(cells):
+        begin = min(first, cells[start].pos if cells[start].pos is not None else first)
+        per_pass = max(1, tokens_per_pass // (n * (n_pos - begin)))
         end = start + 1
-        while end < len(cells) and end - start < size and cells[end].layer == cells[start].layer:
+        while end < len(cells) and end - start < per_pass and cells[end].layer == cells[start].layer:
             end += 1
-        yield cells[start:end]
+        yield cells[start:end], begin
         start = end
 
 
-def _patcher(cells: list[_Cell], source: Tensor, n: int) -> Callable[[Tensor, Site], Tensor]:
+def _patcher(cells: list[_Cell], source: Tensor, n: int,
+             begin: int = 0) -> Callable[[Tensor, Site], Tensor]:
     """A hook putting, in stacked copy k, cell k's slice of the source activation.
 
-    Activations are (copies * n, pos, ...) with the head axis third when there is one."""
+    Activations are (copies * n, pos - begin, ...) with the head axis third when there is one."""
 
     def patch(x: Tensor, site: Site) -> Tensor:
         out = x.clone()
         copies = out.view(len(cells), n, *out.shape[1:])
         for k, cell in enumerate(cells):
-            index: tuple = (k, slice(None), slice(None) if cell.pos is None else cell.pos)
-            src_index: tuple = (slice(None), slice(None) if cell.pos is None else cell.pos)
+            index: tuple = (k, slice(None), slice(None) if cell.pos is None else cell.pos - begin)
+            src_index: tuple = (slice(None),
+                                slice(begin, None) if cell.pos is None else cell.pos)
             if cell.head is not None:
                 index += (cell.head,)
                 src_index += (cell.head,)
@@ -145,28 +152,38 @@ def activation_patching(
     sites = [COMPONENTS[component].format(layer=layer) for layer in range(spec.n_layers)]
     with torch.no_grad():
         _, source_cache = model.run_with_cache(source, sites)
-        _, inputs = model.block_inputs(base)
+        base_logits, inputs = model.block_inputs(base, keep_kv=True)
+    # Before the first token where base and source differ, both runs hold the same
+    # activations: patching there changes nothing, and a patch anywhere leaves those positions
+    # alone. No metric is read before the shortest prompt's last position.
+    differs = (base != source).any(0).nonzero()
+    same_until = int(differs[0]) if len(differs) else n_pos
+    first = min(same_until, int(task.lengths.min()) - 1)
     cells = _cells(model, component, per_position, n_pos)
-    per_pass = max(1, tokens_per_pass // (n * n_pos))
     values = torch.empty(len(cells), dtype=inputs.resid[0].dtype)
+    noop = torch.tensor([c.pos is not None and c.pos < same_until for c in cells])
+    values[noop] = task.logit_diff(base_logits)
+    todo = [c for c, skip in zip(cells, noop.tolist(), strict=True) if not skip]
+    computed = torch.empty(len(todo), dtype=values.dtype)
     done = 0
-    bar = progress_bar(total=len(cells), desc=f"patching {component}", progress=progress)
+    bar = progress_bar(total=len(todo), desc=f"patching {component}", progress=progress)
     with torch.no_grad(), bar:
-        for chunk in _chunks(cells, per_pass):
+        for chunk, begin in _chunks(todo, tokens_per_pass, n, n_pos, first):
             layer, copies = chunk[0].layer, len(chunk)
-            resid = inputs.resid[layer].repeat(copies, 1, 1)
-            patch = _patcher(chunk, source_cache[sites[layer]], n)
+            resid = inputs.resid[layer][:, begin:].repeat(copies, 1, 1)
+            patch = _patcher(chunk, source_cache[sites[layer]], n, begin)
             if component == "resid":
                 resid = patch(resid, Site.parse(sites[layer]))
                 hooks = {}
             else:
                 hooks = {sites[layer]: patch}
             with model.hooks(hooks):
-                logits = model.forward_from(layer, resid, inputs,
+                logits = model.forward_from(layer, resid, inputs, start=begin,
                                             positions=task.last_positions(copies))
-            values[done:done + copies] = task.logit_diff(logits, per_copy=True)
+            computed[done:done + copies] = task.logit_diff(logits, per_copy=True)
             done += copies
             bar.update(copies)
+    values[~noop] = computed
     shape: tuple[int, ...] = (spec.n_layers,)
     if per_position:
         shape += (n_pos,)

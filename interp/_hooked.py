@@ -79,6 +79,8 @@ class BlockInputs:
     args: list[tuple[Any, ...]]
     kwargs: list[dict[str, Any]]
     batch: int
+    kv: dict[int, tuple[Tensor, Tensor]] | None = None
+    """Each layer's attention keys and values (after rotary), when recorded."""
 
 
 class GradientRun(NamedTuple):
@@ -389,6 +391,50 @@ def _tile(obj: Any, batch: int, copies: int) -> Any:
     return obj
 
 
+class _PrefixKV:
+    """Stands in for a KV cache inside the bridge's attention: records every layer's keys and
+    values (``prefix=None``), or puts recorded ones in front of the keys and values computed."""
+
+    def __init__(self, prefix: dict[int, tuple[Tensor, Tensor]] | None = None) -> None:
+        self.prefix = prefix
+        self.recorded: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        if self.prefix is None:
+            self.recorded[layer_idx] = (k.detach(), v.detach())
+            return k, v
+        pk, pv = self.prefix[layer_idx]
+        return torch.cat([pk, k], dim=-2), torch.cat([pv, v], dim=-2)
+
+
+def _inject_kv(bridge: nn.Module, layers: Iterable[int], cache: _PrefixKV) -> list[Any]:
+    """Hand ``cache`` to the attention of the given blocks as their ``past_key_values``."""
+
+    def inject(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        return args, {**kwargs, "past_key_values": cache}
+
+    return [bridge.blocks[i].attn.register_forward_pre_hook(inject, with_kwargs=True)
+            for i in layers]
+
+
+def _from_position(obj: Any, start: int, n_pos: int) -> Any:
+    """Block arguments for positions ``start..`` only: masks lose their first query rows,
+    per-position tensors (position ids, rotary cos/sin) their first positions."""
+    if not start:
+        return obj
+    if isinstance(obj, Tensor):
+        if obj.ndim == 4 and obj.shape[-2] == obj.shape[-1] == n_pos:
+            return obj[..., start:, :]
+        if obj.ndim >= 2 and obj.shape[1] == n_pos:
+            return obj[:, start:]
+        return obj
+    if isinstance(obj, tuple | list):
+        return type(obj)(_from_position(x, start, n_pos) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _from_position(v, start, n_pos) for k, v in obj.items()}
+    return obj
+
+
 def _as_list(sites: Iterable[SiteLike] | SiteLike) -> list[SiteLike]:
     if isinstance(sites, str | Site):
         return [sites]
@@ -546,11 +592,13 @@ class TransformerModel(HookedModel):
     # -- restarting a forward pass at a block -----------------------------------------------------
 
     @torch.no_grad()
-    def block_inputs(self, inputs: Any) -> tuple[Tensor, BlockInputs]:
+    def block_inputs(self, inputs: Any, *, keep_kv: bool = False) -> tuple[Tensor, BlockInputs]:
         """Run the model once and keep what each block received.
 
         Returns the logits and a :class:`BlockInputs` from which :meth:`forward_from` restarts
-        the pass at any block, so work below a patched layer is not redone.
+        the pass at any block, so work below a patched layer is not redone. With ``keep_kv``
+        every layer's attention keys and values are kept too, so that a restarted pass can
+        also skip the positions before a given one (``forward_from(..., start=)``).
         """
         tokens = self._prepare(inputs)
         blocks = self.bridge.blocks
@@ -561,6 +609,9 @@ class TransformerModel(HookedModel):
             )
             for i, block in enumerate(blocks)
         ]
+        recorder = _PrefixKV()
+        if keep_kv:
+            handles += _inject_kv(self.bridge, range(len(blocks)), recorder)
         try:
             logits = self.bridge(tokens, use_cache=False)
         finally:
@@ -572,6 +623,7 @@ class TransformerModel(HookedModel):
             args=[got[i][0][1:] for i in order],
             kwargs=[got[i][1] for i in order],
             batch=tokens.shape[0],
+            kv=recorder.recorded if keep_kv else None,
         )
 
     def forward_from(
@@ -581,6 +633,7 @@ class TransformerModel(HookedModel):
         inputs: BlockInputs,
         *,
         positions: Tensor | None = None,
+        start: int = 0,
     ) -> Tensor:
         """Run blocks ``layer..`` on a residual, then the final norm and unembedding.
 
@@ -588,32 +641,54 @@ class TransformerModel(HookedModel):
         ----------
         layer : int
             The block to start at.
-        resid : Tensor of shape (copies * batch, pos, d_model)
+        resid : Tensor of shape (copies * batch, pos - start, d_model)
             Residual entering that block; any number of copies of the recorded batch, stacked
             copy after copy.
         inputs : BlockInputs
             From :meth:`block_inputs` on the batch.
         positions : Tensor of shape (copies * batch,), optional
-            Unembed only these positions (one per row): the metric rarely needs the rest.
+            Unembed only these (absolute) positions, one per row: the metric rarely needs the
+            rest. Each must be ``>= start``.
+        start : int
+            Compute only positions ``start..``: the earlier ones are those of the recorded run
+            (a causal model cannot change them), and their keys and values are read from it.
+            Needs ``block_inputs(..., keep_kv=True)``.
 
         Returns
         -------
-        Tensor of shape (copies * batch, pos, d_vocab), or (copies * batch, d_vocab)
+        Tensor of shape (copies * batch, pos - start, d_vocab), or (copies * batch, d_vocab)
         """
         if resid.shape[0] % inputs.batch:
             raise ShapeError(
                 f"forward_from needs copies of the recorded batch of {inputs.batch}; "
                 f"got a residual of batch {resid.shape[0]}."
             )
+        n_pos = inputs.resid[0].shape[1]
+        if resid.shape[1] != n_pos - start:
+            raise ShapeError(f"forward_from(start={start}) needs a residual of {n_pos - start} "
+                             f"positions; got {resid.shape[1]}.")
+        if start and inputs.kv is None:
+            raise InterpError("forward_from(start=...) needs block_inputs(..., keep_kv=True).")
         copies = resid.shape[0] // inputs.batch
+        handles = []
+        if start:
+            prefix = {i: tuple(_tile(t[..., :start, :], inputs.batch, copies) for t in kv)
+                      for i, kv in inputs.kv.items() if i >= layer}
+            handles = _inject_kv(self.bridge, range(layer, len(self.bridge.blocks)),
+                                 _PrefixKV(prefix))
         h = resid
-        for i in range(layer, len(self.bridge.blocks)):
-            args = _tile(inputs.args[i], inputs.batch, copies)
-            kwargs = _tile(inputs.kwargs[i], inputs.batch, copies)
-            out = self.bridge.blocks[i](h, *args, **kwargs)
-            h = out[0] if isinstance(out, tuple) else out
+        try:
+            for i in range(layer, len(self.bridge.blocks)):
+                args = _tile(_from_position(inputs.args[i], start, n_pos), inputs.batch, copies)
+                kwargs = _tile(_from_position(inputs.kwargs[i], start, n_pos), inputs.batch,
+                               copies)
+                out = self.bridge.blocks[i](h, *args, **kwargs)
+                h = out[0] if isinstance(out, tuple) else out
+        finally:
+            for handle in handles:
+                handle.remove()
         if positions is not None:
-            h = h[torch.arange(h.shape[0], device=h.device), positions]
+            h = h[torch.arange(h.shape[0], device=h.device), positions - start]
         return self.bridge.unembed(self.bridge.ln_final(h))
 
     # -- sites ------------------------------------------------------------------------------------

@@ -60,6 +60,33 @@ def test_mixed_lengths_use_each_prompts_last_token(tiny_gpt2) -> None:
     torch.testing.assert_close(values[0], expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("component", ["resid", "heads"])
+def test_mixed_lengths_per_position_equal_one_patch_at_a_time(tiny, component) -> None:
+    """Per-position cells skip the positions before the patch (and before the first differing
+    token); on right-padded prompts of several lengths each cell must still equal a plain
+    forward pass with that one activation patched."""
+    task = ioi_task(tiny, 4, seed=3)
+    assert not task.equal_lengths
+    values = activation_patching(tiny, task, component, per_position=True, tokens_per_pass=200,
+                                 progress=False)
+    site = "r{L}.pre" if component == "resid" else "a{L}.z"
+    n_pos = task.clean.shape[1]
+    for layer in range(tiny.spec.n_layers):
+        name = site.format(L=layer)
+        _, clean = tiny.run_with_cache(task.clean, [name])
+        for pos in range(n_pos):
+            patched = tiny.run_with_cache(task.corrupt, [name])[1][name].clone()
+            if component == "resid":
+                patched[:, pos] = clean[name][:, pos]
+                cell = values[layer, pos]
+            else:
+                patched[:, pos, 1] = clean[name][:, pos, 1]
+                cell = values[layer, pos, 1]
+            with tiny.patch(name, patched):
+                expected = task.logit_diff(tiny(task.corrupt))
+            torch.testing.assert_close(cell, expected, atol=1e-5, rtol=0)
+
+
 def test_bad_arguments(tiny_gpt2) -> None:
     task = ioi_task(tiny_gpt2, 2)
     with pytest.raises(interp.InterpError, match="component"):
