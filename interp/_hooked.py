@@ -634,6 +634,7 @@ class TransformerModel(HookedModel):
         *,
         positions: Tensor | None = None,
         start: int = 0,
+        stop: int | None = None,
     ) -> Tensor:
         """Run blocks ``layer..`` on a residual, then the final norm and unembedding.
 
@@ -653,10 +654,14 @@ class TransformerModel(HookedModel):
             Compute only positions ``start..``: the earlier ones are those of the recorded run
             (a causal model cannot change them), and their keys and values are read from it.
             Needs ``block_inputs(..., keep_kv=True)``.
+        stop : int, optional
+            Run blocks ``layer..stop-1`` only and return the residual entering block ``stop``
+            (no unembedding; ``positions`` is ignored).
 
         Returns
         -------
-        Tensor of shape (copies * batch, pos - start, d_vocab), or (copies * batch, d_vocab)
+        Tensor of shape (copies * batch, pos - start, d_vocab), or (copies * batch, d_vocab);
+        with ``stop``, the residual (copies * batch, pos - start, d_model).
         """
         if resid.shape[0] % inputs.batch:
             raise ShapeError(
@@ -670,15 +675,15 @@ class TransformerModel(HookedModel):
         if start and inputs.kv is None:
             raise InterpError("forward_from(start=...) needs block_inputs(..., keep_kv=True).")
         copies = resid.shape[0] // inputs.batch
+        end = len(self.bridge.blocks) if stop is None else stop
         handles = []
         if start:
             prefix = {i: tuple(_tile(t[..., :start, :], inputs.batch, copies) for t in kv)
-                      for i, kv in inputs.kv.items() if i >= layer}
-            handles = _inject_kv(self.bridge, range(layer, len(self.bridge.blocks)),
-                                 _PrefixKV(prefix))
+                      for i, kv in inputs.kv.items() if layer <= i < end}
+            handles = _inject_kv(self.bridge, range(layer, end), _PrefixKV(prefix))
         h = resid
         try:
-            for i in range(layer, len(self.bridge.blocks)):
+            for i in range(layer, end):
                 args = _tile(_from_position(inputs.args[i], start, n_pos), inputs.batch, copies)
                 kwargs = _tile(_from_position(inputs.kwargs[i], start, n_pos), inputs.batch,
                                copies)
@@ -687,6 +692,8 @@ class TransformerModel(HookedModel):
         finally:
             for handle in handles:
                 handle.remove()
+        if stop is not None:
+            return h
         if positions is not None:
             h = h[torch.arange(h.shape[0], device=h.device), positions - start]
         return self.bridge.unembed(self.bridge.ln_final(h))
