@@ -8,18 +8,88 @@ edge circuits of equal size found by RelP, EAP and EAP-IG.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from _common import ioi, parser, timed
 
 import interp
-from circuits import activation_patching, attribution_patching, discover, faithfulness, ioi_task
+from circuits import (
+    activation_patching,
+    attribution_patching,
+    discover,
+    faithfulness,
+    ioi_task,
+    lookahead_patching,
+)
+from circuits._patching import COMPONENTS
 
 PAPER = {  # GPT-2 small, Jafari et al. 2025 Table 1 (Pearson r; AtP / RelP)
     "resid": (0.753, 0.968), "attn": (0.979, 0.962), "mlp": (0.195, 0.992), "heads": None,
 }
-# (name, rule set, integrated-gradient steps along the input embeddings)
-ESTIMATORS = [("atp", None, 1), ("relp", "relp", 1), ("relp-ah", "relp-ah", 1),
-              ("attnlrp", "attnlrp", 1), ("atp-ig5", None, 5), ("relp-ig5", "relp", 5)]
+
+
+def _rules(name: str | None):
+    return None if name is None else (lambda m: interp.gradient_rules(m, name))
+
+
+def _atp(rules: str | None = None, steps: int = 1):
+    """AtP / RelP; ``steps > 1``: integrated gradients along the input embeddings."""
+    return lambda model, task, c, pp: attribution_patching(
+        model, task, c, per_position=pp, gradient_rules=_rules(rules), ig_steps=steps)
+
+
+def _lookahead(blocks: int, rules: str | None = None):
+    """``blocks`` exact blocks after each patch, then the (rule) gradient."""
+    return lambda model, task, c, pp: lookahead_patching(
+        model, task, c, blocks=blocks, per_position=pp, gradient_rules=_rules(rules),
+        progress=False)
+
+
+def _site_ig(steps: int, rules: str | None = None):
+    """Integrated gradients along each layer's own clean-to-corrupted path (every position of
+    the layer interpolated together, the pass restarted at that layer, batched over steps)."""
+
+    def estimate(model, task, component, per_position):
+        base, source = task.corrupt, task.clean
+        n, n_pos = base.shape
+        sites = [COMPONENTS[component].format(layer=layer) for layer in range(model.spec.n_layers)]
+        with torch.no_grad():
+            _, src = model.run_with_cache(source, sites)
+            _, cur = model.run_with_cache(base, sites)
+            _, inputs = model.block_inputs(base)
+            m_base = float(task.logit_diff(model(base)))
+        alphas = [(k + 0.5) / steps for k in range(steps)]
+        out = []
+        for layer, site in enumerate(sites):
+            delta = src[site] - cur[site]
+            path = torch.cat([cur[site] + a * delta for a in alphas]).requires_grad_(True)
+            resid = inputs.resid[layer].repeat(steps, *[1] * (inputs.resid[layer].ndim - 1))
+            rules_ctx = interp.gradient_rules(model, rules) if rules else contextlib.nullcontext()
+            with rules_ctx, torch.enable_grad():
+                if component == "resid":
+                    hooks, resid = {}, path
+                else:
+                    hooks = {site: lambda x, s, p=path: p}
+                with model.hooks(hooks):
+                    logits = model.forward_from(layer, resid, inputs,
+                                                positions=task.last_positions(steps))
+                (grad,) = torch.autograd.grad(task.logit_diff(logits, per_copy=True).sum(), [path])
+            score = (grad.view(steps, *delta.shape).mean(0) * delta)
+            score = score.sum(-1).sum(0)  # (pos,) or (pos, head)
+            out.append(score if per_position else score.sum(0))
+        return m_base + torch.stack(out)
+
+    return estimate
+
+
+ESTIMATORS = [
+    ("atp", _atp()), ("relp", _atp("relp")), ("relp-ah", _atp("relp-ah")),
+    ("attnlrp", _atp("attnlrp")), ("atp-ig5", _atp(None, 5)), ("relp-ig5", _atp("relp", 5)),
+    ("look1", _lookahead(1)), ("look2-ah", _lookahead(2, "relp-ah")),
+    ("look4-ah", _lookahead(4, "relp-ah")), ("site-ig2", _site_ig(2)),
+    ("sig4-ah", _site_ig(4, "relp-ah")),
+]
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -30,6 +100,7 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--edges", default="200,1000,5000")
     p.add_argument("--no-circuits", action="store_true")
+    p.add_argument("--components", default="resid,attn,mlp,heads")
     p.add_argument("--seeds", default="0", help="IOI seeds; the table is printed per seed")
     args = p.parse_args()
     model = interp.load_model(args.model)
@@ -37,27 +108,25 @@ def main() -> None:
         task = ioi_task(model, args.n_prompts, seed=seed, template_ids=[seed % 15])
         print(f"\nmodel {model.spec.name}; IOI seed {seed}, {len(task)} pairs of "
               f"{task.clean.shape[1]} tokens (template {seed % 15}), denoising")
-        table(model, task)
+        table(model, task, args.components.split(","))
     if args.no_circuits:
         return
     task = ioi(model, args.n_prompts)
     circuits(model, task, [int(k) for k in args.edges.split(",")])
 
 
-def table(model: interp.TransformerModel, task) -> None:
+def table(model: interp.TransformerModel, task, components: list[str]) -> None:
     header = f"{'component':<10} {'points':>6}  " + "  ".join(f"{e[0]:>8}" for e in ESTIMATORS)
     print(header + "   paper GPT-2 small (AtP / RelP)")
     costs: dict[str, list[float]] = {e[0]: [] for e in ESTIMATORS}
-    for component, per_position in (("resid", True), ("attn", True), ("mlp", True),
-                                    ("heads", False)):
+    for component in components:
+        per_position = component != "heads"
         truth, seconds = timed(lambda c=component, pp=per_position: activation_patching(
             model, task, c, per_position=pp, progress=False))
         cells = []
-        for name, rules, steps in ESTIMATORS:
-            factory = None if rules is None else (lambda m, r=rules: interp.gradient_rules(m, r))
-            estimate, spent = timed(lambda c=component, pp=per_position, f=factory, k=steps:
-                                    attribution_patching(model, task, c, per_position=pp,
-                                                         gradient_rules=f, ig_steps=k))
+        for name, method in ESTIMATORS:
+            estimate, spent = timed(lambda c=component, pp=per_position, f=method:
+                                    f(model, task, c, pp))
             costs[name].append(spent / seconds)
             cells.append(pearson(estimate, truth))
         paper = PAPER[component]

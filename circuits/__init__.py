@@ -19,7 +19,7 @@ from ._edges import (
     prepare_edge_model,
 )
 from ._layout import GraphLayout
-from ._patching import activation_patching
+from ._patching import activation_patching, lookahead_patching
 from ._tasks import Task, TaskError, ioi_task, task_from_jsonl, task_from_pairs
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "Task",
     "TaskError",
     "activation_patching",
+    "lookahead_patching",
     "attribution_patching",
     "discover",
     "edge_attribution",

@@ -15,9 +15,10 @@ raw metric of each patched run, as TransformerLens' ``get_act_patch_*`` function
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -27,7 +28,7 @@ from interp._progress import progress_bar
 
 from ._tasks import Task
 
-__all__ = ["COMPONENTS", "activation_patching", "base_and_source"]
+__all__ = ["COMPONENTS", "activation_patching", "base_and_source", "lookahead_patching"]
 
 Component = Literal["heads", "attn", "mlp", "resid"]
 Direction = Literal["denoising", "noising"]
@@ -142,17 +143,97 @@ def activation_patching(
     >>> activation_patching(model, task, "heads").shape
     torch.Size([2, 4])
     """
+    values = _patch_cells(model, task, component, per_position, direction, tokens_per_pass,
+                          progress)
+    return _shaped(values, model, component, per_position, task.clean.shape[1])
+
+
+def lookahead_patching(
+    model: TransformerModel,
+    task: Task,
+    component: Component = "resid",
+    *,
+    blocks: int = 1,
+    per_position: bool = True,
+    direction: Direction = "denoising",
+    gradient_rules: Callable[[TransformerModel], Any] | None = None,
+    tokens_per_pass: int = DEFAULT_TOKENS_PER_PASS,
+    progress: bool | None = None,
+) -> Tensor:
+    """Estimates of :func:`activation_patching` that run ``blocks`` blocks exactly after each
+    patch, then extrapolate to the metric with the gradient of the base run there.
+
+    A patch at layer L changes the residual entering block ``L + blocks`` by some ``delta``
+    (computed exactly, with only the positions from the patch on); the estimate is
+    ``m(base) + grad . delta``, the gradient taken once for all cells at that residual (with
+    ``gradient_rules``, e.g. RelP's, if given). ``blocks=0`` would be AtP at the residual;
+    ``blocks >= n_layers`` is activation patching. The attention saturation that AtP misses
+    at the patched layer (AtP*'s QK fix) is inside the exact part.
+
+    Returns
+    -------
+    Tensor
+        Same shape and meaning as :func:`activation_patching`'s result.
+
+    Examples
+    --------
+    >>> model = load_model("tiny-gpt2")
+    >>> task = ioi_task(model, 4, template_ids=[0])
+    >>> exact = activation_patching(model, task, "resid", per_position=True)
+    >>> estimate = lookahead_patching(model, task, "resid", blocks=2)
+    >>> bool(torch.allclose(estimate, exact, atol=1e-4))  # 2 blocks: the whole tiny model
+    True
+    """
+    if blocks < 1:
+        raise InterpError(f"blocks must be >= 1 (0 is plain AtP); got {blocks}.")
+    values = _patch_cells(model, task, component, per_position, direction, tokens_per_pass,
+                          progress, blocks=blocks, gradient_rules=gradient_rules)
+    return _shaped(values, model, component, per_position, task.clean.shape[1])
+
+
+def _shaped(values: Tensor, model: TransformerModel, component: str, per_position: bool,
+            n_pos: int) -> Tensor:
+    shape: tuple[int, ...] = (model.spec.n_layers,)
+    if per_position:
+        shape += (n_pos,)
+    if component == "heads":
+        shape += (model.spec.n_heads,)
+    return values.view(shape)
+
+
+def _patch_cells(
+    model: TransformerModel,
+    task: Task,
+    component: str,
+    per_position: bool,
+    direction: str,
+    tokens_per_pass: int,
+    progress: bool | None,
+    *,
+    blocks: int | None = None,
+    gradient_rules: Callable[[TransformerModel], Any] | None = None,
+) -> Tensor:
+    """The metric of every cell's patched run: exact, or with ``blocks`` exact blocks and the
+    base run's gradient after them."""
     if component not in COMPONENTS:
         raise InterpError(f"component must be one of {list(COMPONENTS)}; got {component!r}.")
     if tokens_per_pass < 1:
         raise InterpError(f"tokens_per_pass must be >= 1; got {tokens_per_pass}.")
     base, source = base_and_source(task, direction)
     n, n_pos = base.shape
-    spec = model.spec
-    sites = [COMPONENTS[component].format(layer=layer) for layer in range(spec.n_layers)]
+    n_layers = model.spec.n_layers
+    sites = [COMPONENTS[component].format(layer=layer) for layer in range(n_layers)]
     with torch.no_grad():
         _, source_cache = model.run_with_cache(source, sites)
         base_logits, inputs = model.block_inputs(base, keep_kv=True)
+    m_base = task.logit_diff(base_logits)
+    grads: dict[int, Tensor] = {}
+    if blocks is not None and blocks < n_layers:
+        readouts = [f"r{layer}.pre" for layer in range(blocks, n_layers)]
+        rules = gradient_rules(model) if gradient_rules else contextlib.nullcontext()
+        with rules:
+            run = model.run_with_grads(base, task.logit_diff, readouts)
+        grads = {Site.parse(r).layer: run.gradients[r] for r in readouts}
     # Before the first token where base and source differ, both runs hold the same
     # activations: patching there changes nothing, and a patch anywhere leaves those positions
     # alone. No metric is read before the shortest prompt's last position.
@@ -162,7 +243,7 @@ def activation_patching(
     cells = _cells(model, component, per_position, n_pos)
     values = torch.empty(len(cells), dtype=inputs.resid[0].dtype)
     noop = torch.tensor([c.pos is not None and c.pos < same_until for c in cells])
-    values[noop] = task.logit_diff(base_logits)
+    values[noop] = m_base
     todo = [c for c, skip in zip(cells, noop.tolist(), strict=True) if not skip]
     computed = torch.empty(len(todo), dtype=values.dtype)
     done = 0
@@ -177,16 +258,17 @@ def activation_patching(
                 hooks = {}
             else:
                 hooks = {sites[layer]: patch}
+            stop = None if blocks is None or layer + blocks >= n_layers else layer + blocks
             with model.hooks(hooks):
-                logits = model.forward_from(layer, resid, inputs, start=begin,
-                                            positions=task.last_positions(copies))
-            computed[done:done + copies] = task.logit_diff(logits, per_copy=True)
+                out = model.forward_from(layer, resid, inputs, start=begin, stop=stop,
+                                         positions=task.last_positions(copies))
+            if stop is None:
+                computed[done:done + copies] = task.logit_diff(out, per_copy=True)
+            else:  # grad . delta at the residual entering block `stop`, per copy
+                delta = out.view(copies, n, *out.shape[1:]) - inputs.resid[stop][:, begin:]
+                change = (delta * grads[stop][:, begin:]).flatten(1).sum(-1)
+                computed[done:done + copies] = m_base + change
             done += copies
             bar.update(copies)
     values[~noop] = computed
-    shape: tuple[int, ...] = (spec.n_layers,)
-    if per_position:
-        shape += (n_pos,)
-    if component == "heads":
-        shape += (spec.n_heads,)
-    return values.view(shape)
+    return values

@@ -7,7 +7,7 @@ import torch
 from transformer_lens import patching as tl_patching
 
 import interp
-from circuits import activation_patching, ioi_task
+from circuits import activation_patching, ioi_task, lookahead_patching
 
 CASES = [
     ("heads", False, tl_patching.get_act_patch_attn_head_out_all_pos),
@@ -85,6 +85,31 @@ def test_mixed_lengths_per_position_equal_one_patch_at_a_time(tiny, component) -
             with tiny.patch(name, patched):
                 expected = task.logit_diff(tiny(task.corrupt))
             torch.testing.assert_close(cell, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("component", ["resid", "attn"])
+def test_lookahead_is_exact_blocks_then_the_gradient(tiny, component) -> None:
+    """With one exact block, a layer-0 cell is m(base) + grad(r1) . (r1 patched - r1 base),
+    the patched r1 from a plain forward pass with that one activation patched."""
+    task = ioi_task(tiny, 4, seed=3)  # mixed lengths
+    ours = lookahead_patching(tiny, task, component, blocks=1, progress=False)
+    site = "r0.pre" if component == "resid" else "a0"
+    run = tiny.run_with_grads(task.corrupt, task.logit_diff, ["r1.pre"])
+    _, clean = tiny.run_with_cache(task.clean, [site])
+    _, corrupt = tiny.run_with_cache(task.corrupt, [site])
+    for pos in range(task.clean.shape[1]):
+        patched = corrupt[site].clone()
+        patched[:, pos] = clean[site][:, pos]
+        with tiny.patch(site, patched):
+            _, after = tiny.run_with_cache(task.corrupt, ["r1.pre"])
+        delta = after["r1.pre"] - run.activations["r1.pre"]
+        expected = run.value + (delta * run.gradients["r1.pre"]).sum()
+        torch.testing.assert_close(ours[0, pos], expected.to(ours.dtype), atol=1e-5, rtol=0)
+    # the last layer has no block after it to extrapolate from: it is patched exactly
+    exact = activation_patching(tiny, task, component, per_position=True, progress=False)
+    torch.testing.assert_close(ours[-1], exact[-1], atol=1e-5, rtol=0)
+    with pytest.raises(interp.InterpError, match="blocks"):
+        lookahead_patching(tiny, task, component, blocks=0)
 
 
 def test_bad_arguments(tiny_gpt2) -> None:
