@@ -25,3 +25,16 @@ def test_quick_start_runs(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_readme_opens_with_the_two_commands() -> None:
     head = README.read_text().splitlines()[:6]
     assert any("make demo" in line for line in head) and any("make test" in line for line in head)
+
+
+def test_analysis_example_runs() -> None:
+    """The representation-analyses example trains small networks offline and fits the three
+    estimators; what it prints must be what the README says it is."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (code,) = [b for b in blocks if "NeuralCodes" in b]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    summary, report = namespace["align"].summary(), namespace["codes"].report()
+    assert list(summary.index) == ["1", "4"] and (summary["cka"] > 0).all()
+    assert set(report.index) == {"train", "test"}
+    assert 0 <= report.loc["test", "redundancy"] <= 1
