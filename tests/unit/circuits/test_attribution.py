@@ -149,3 +149,20 @@ def test_eap_equals_transformerlens_edge_attribution(tiny_gpt2) -> None:
     expected = torch.tensor([summed[n] for n in summed], dtype=torch.float64)
     got = torch.stack([ours.edge_scores[index[n]] for n in summed]).double()
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_relp_equals_atp_where_its_rules_have_nothing_to_change() -> None:
+    """With a linear MLP activation the Identity rule's gain f(z)/z is 1: RelP with the
+    activation rules must give AtP's scores exactly, while on the GELU model they differ."""
+    task_of = lambda m: ioi_task(m, 4, seed=0, template_ids=[0])  # noqa: E731
+    rules = lambda m: interp.gradient_rules(m, ("identity", "half"))  # noqa: E731
+    scores = {}
+    for act in ("linear", "gelu_new"):
+        model = interp.load_model("tiny-gpt2", dtype=torch.float64, activation_function=act)
+        task = task_of(model)
+        atp = attribution_patching(model, task, "mlp", per_position=True)
+        relp = attribution_patching(model, task, "mlp", per_position=True, gradient_rules=rules)
+        scores[act] = (atp, relp)
+    # equal up to the rule's 1e-6 stabiliser in f(z) / (z + eps)
+    torch.testing.assert_close(*scores["linear"], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(*scores["gelu_new"], atol=1e-4)
