@@ -38,3 +38,4 @@ def test_analysis_example_runs() -> None:
     assert list(summary.index) == ["1", "4"] and (summary["cka"] > 0).all()
     assert set(report.index) == {"train", "test"}
     assert 0 <= report.loc["test", "redundancy"] <= 1
+    assert namespace["basis"].kept_[-1] == 10  # the output layer keeps its 10 logits
