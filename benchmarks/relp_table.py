@@ -101,30 +101,35 @@ def main() -> None:
     p.add_argument("--edges", default="200,1000,5000")
     p.add_argument("--no-circuits", action="store_true")
     p.add_argument("--components", default="resid,attn,mlp,heads")
+    p.add_argument("--estimators", default=",".join(name for name, _ in ESTIMATORS))
+    p.add_argument("--mixed", action="store_true",
+                   help="every seed mixes all templates (right-padded), as the reference does")
     p.add_argument("--seeds", default="0", help="IOI seeds; the table is printed per seed")
     args = p.parse_args()
     model = interp.load_model(args.model)
+    chosen = [(n, f) for n, f in ESTIMATORS if n in args.estimators.split(",")]
     for seed in [int(s) for s in args.seeds.split(",")]:
-        task = ioi_task(model, args.n_prompts, seed=seed, template_ids=[seed % 15])
-        print(f"\nmodel {model.spec.name}; IOI seed {seed}, {len(task)} pairs of "
-              f"{task.clean.shape[1]} tokens (template {seed % 15}), denoising")
-        table(model, task, args.components.split(","))
+        templates = None if args.mixed else [seed % 15]
+        task = ioi_task(model, args.n_prompts, seed=seed, template_ids=templates)
+        print(f"\nmodel {model.spec.name}; IOI seed {seed}, {len(task)} pairs of up to "
+              f"{task.clean.shape[1]} tokens (templates {templates or 'all'}), denoising")
+        table(model, task, args.components.split(","), chosen)
     if args.no_circuits:
         return
     task = ioi(model, args.n_prompts)
     circuits(model, task, [int(k) for k in args.edges.split(",")])
 
 
-def table(model: interp.TransformerModel, task, components: list[str]) -> None:
-    header = f"{'component':<10} {'points':>6}  " + "  ".join(f"{e[0]:>8}" for e in ESTIMATORS)
+def table(model: interp.TransformerModel, task, components: list[str], estimators) -> None:
+    header = f"{'component':<10} {'points':>6}  " + "  ".join(f"{e[0]:>8}" for e in estimators)
     print(header + "   paper GPT-2 small (AtP / RelP)")
-    costs: dict[str, list[float]] = {e[0]: [] for e in ESTIMATORS}
+    costs: dict[str, list[float]] = {e[0]: [] for e in estimators}
     for component in components:
         per_position = component != "heads"
         truth, seconds = timed(lambda c=component, pp=per_position: activation_patching(
             model, task, c, per_position=pp, progress=False))
         cells = []
-        for name, method in ESTIMATORS:
+        for name, method in estimators:
             estimate, spent = timed(lambda c=component, pp=per_position, f=method:
                                     f(model, task, c, pp))
             costs[name].append(spent / seconds)
