@@ -16,6 +16,7 @@ raw metric of each patched run, as TransformerLens' ``get_act_patch_*`` function
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -66,13 +67,15 @@ def _cells(model: TransformerModel, component: str, per_position: bool, n_pos: i
 
 
 def _chunks(cells: list[_Cell], tokens_per_pass: int, n: int, n_pos: int,
-            first: int) -> Iterator[tuple[list[_Cell], int]]:
+            first: int | None) -> Iterator[tuple[list[_Cell], int]]:
     """Consecutive cells of one layer that fit a pass, each group with the first position it
     must compute: a patch at position p (or anywhere, but equal to the base run before
-    ``first``) cannot change earlier positions of a causal model."""
+    ``first``) cannot change earlier positions of a causal model. ``first=None``: compute
+    every position."""
     start = 0
     while start < len(cells):
-        begin = min(first, cells[start].pos if cells[start].pos is not None else first)
+        pos = cells[start].pos
+        begin = 0 if first is None else min(first, first if pos is None else pos)
         per_pass = max(1, tokens_per_pass // (n * (n_pos - begin)))
         end = start + 1
         while end < len(cells) and end - start < per_pass and cells[end].layer == cells[start].layer:
@@ -191,6 +194,21 @@ def lookahead_patching(
     return _shaped(values, model, component, per_position, task.clean.shape[1])
 
 
+def _prefix_reuse_exact(model: TransformerModel, inputs: Any, first: int, task: Task,
+                        base_logits: Tensor) -> bool:
+    """Whether restarting the base run at position ``first`` (earlier keys and values read from
+    the recorded run) gives back its logits: one forward pass, against silent mis-slicing."""
+    try:
+        with torch.no_grad():
+            again = model.forward_from(0, inputs.resid[0][:, first:], inputs, start=first,
+                                       positions=task.last_positions())
+    except (RuntimeError, ValueError, IndexError):  # shapes that do not fit
+        return False
+    rows = torch.arange(len(task))
+    expected = base_logits[rows, task.last_positions()]
+    return bool(torch.allclose(again, expected, atol=1e-4 * float(expected.abs().max()), rtol=0))
+
+
 def _shaped(values: Tensor, model: TransformerModel, component: str, per_position: bool,
             n_pos: int) -> Tensor:
     shape: tuple[int, ...] = (model.spec.n_layers,)
@@ -239,7 +257,12 @@ def _patch_cells(
     # alone. No metric is read before the shortest prompt's last position.
     differs = (base != source).any(0).nonzero()
     same_until = int(differs[0]) if len(differs) else n_pos
-    first = min(same_until, int(task.lengths.min()) - 1)
+    first: int | None = min(same_until, int(task.lengths.min()) - 1)
+    if first and not _prefix_reuse_exact(model, inputs, first, task, base_logits):
+        warnings.warn(f"Restarting {model.spec.name} at a later position did not reproduce its "
+                      "logits (an attention or position-embedding layout this toolkit does not "
+                      "know); every position is recomputed instead.", stacklevel=3)
+        first = None
     cells = _cells(model, component, per_position, n_pos)
     values = torch.empty(len(cells), dtype=inputs.resid[0].dtype)
     noop = torch.tensor([c.pos is not None and c.pos < same_until for c in cells])

@@ -112,6 +112,24 @@ def test_lookahead_is_exact_blocks_then_the_gradient(tiny, component) -> None:
         lookahead_patching(tiny, task, component, blocks=0)
 
 
+@pytest.mark.parametrize("broken", ["unsliced", "shifted"])
+def test_prefix_reuse_falls_back_when_it_is_not_exact(tiny_llama, monkeypatch, broken) -> None:
+    """If restarting at a later position does not reproduce the model's logits (here: the
+    per-position block arguments are left whole, or shifted), patching warns and recomputes
+    every position; results stay exact."""
+    import interp._hooked as hooked
+
+    task = ioi_task(tiny_llama, 3, seed=5, template_ids=[0])
+    expected = activation_patching(tiny_llama, task, "resid", per_position=True, progress=False)
+    original = hooked._from_position
+    wrong = {"unsliced": lambda obj, start, n_pos: obj,
+             "shifted": lambda obj, start, n_pos: original(obj, max(start - 1, 0), n_pos - 1)}
+    monkeypatch.setattr(hooked, "_from_position", wrong[broken])
+    with pytest.warns(UserWarning, match="every position is recomputed"):
+        ours = activation_patching(tiny_llama, task, "resid", per_position=True, progress=False)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
 def test_bad_arguments(tiny_gpt2) -> None:
     task = ioi_task(tiny_gpt2, 2)
     with pytest.raises(interp.InterpError, match="component"):
