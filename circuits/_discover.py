@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from interp import CircuitGraph, InterpError, TransformerModel
 from interp._errors import did_you_mean
 
 from ._attribution import edge_attribution, node_attribution
 from ._edges import exact_edge_scores
-from ._patching import activation_patching, base_and_source
+from ._patching import activation_patching, base_and_source, lookahead_patching
 from ._tasks import Task
 
 __all__ = ["METHODS", "MethodEntry", "discover", "register_method"]
@@ -109,15 +110,32 @@ def _activation_patching(model: TransformerModel, task: Task, level: str, *,
         scores = exact_edge_scores(model, graph, task, direction=direction, progress=progress,
                                    **options)
         return graph.with_scores(edge_scores=scores)
-    base, _ = base_and_source(task, direction)
+    return _node_graph(model, task, graph, lambda component, **kw: activation_patching(
+        model, task, component, direction=direction, progress=progress, **kw, **options))
+
+
+@register_method("lookahead", levels=("node",),
+                 description="k exact blocks after each patch, then the gradient (default k=2)")
+def _lookahead(model: TransformerModel, task: Task, level: str, *, blocks: int = 2,
+               direction: str = "denoising", progress: bool | None = None,
+               **options: Any) -> CircuitGraph:
+    graph = CircuitGraph.from_model(model, metric=task.metric_name, task=task.name,
+                                    meta={"direction": direction, "blocks": blocks})
+    return _node_graph(model, task, graph, lambda component, **kw: lookahead_patching(
+        model, task, component, blocks=blocks, direction=direction, progress=progress,
+        **{"per_position": False, **kw}, **options))
+
+
+def _node_graph(model: TransformerModel, task: Task, graph: CircuitGraph,
+                patched: Callable[..., Tensor]) -> CircuitGraph:
+    """Node scores ``m(patched) - m(base)`` of heads, MLPs and the input from a patching-like
+    function ``patched(component, per_position=...)`` returning metrics per cell."""
+    base, _ = base_and_source(task, graph.meta["direction"])
     with torch.no_grad():
         m_base = float(task.logit_diff(model(base)))
-    heads = activation_patching(model, task, "heads", direction=direction, progress=progress,
-                                **options) - m_base
-    mlps = activation_patching(model, task, "mlp", direction=direction, progress=progress,
-                               **options) - m_base
-    whole = activation_patching(model, task, "resid", direction=direction, progress=False,
-                                **options)[0] - m_base  # patching the input = the other run
+    heads = patched("heads") - m_base
+    mlps = patched("mlp") - m_base
+    whole = patched("resid")[0] - m_base  # patching the input = the other run
     scores = torch.full((len(graph.node_names),), float("nan"))
     index = graph._node_index
     scores[index["input"]] = whole

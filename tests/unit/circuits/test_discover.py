@@ -42,3 +42,18 @@ def test_activation_patching_node_scores(tiny_gpt2) -> None:
     clean = float(task.logit_diff(tiny_gpt2(task.clean)))
     assert graph.nodes["input"].score == pytest.approx(clean - base, abs=1e-5)
     assert torch.isnan(torch.tensor(graph.nodes["logits"].score))
+
+
+def test_lookahead_node_scores(tiny_gpt2) -> None:
+    """With as many exact blocks as the model has, lookahead is activation patching; with one,
+    layer-0 heads differ from it (the gradient extrapolates) while the last layer is exact."""
+    task = ioi_task(tiny_gpt2, 4, seed=0, template_ids=[0])
+    exact = discover(tiny_gpt2, task, "activation-patching", "node", progress=False)
+    full = discover(tiny_gpt2, task, "lookahead", "node", blocks=2, progress=False)
+    torch.testing.assert_close(full.node_scores, exact.node_scores, atol=1e-5, rtol=0,
+                               equal_nan=True)
+    one = discover(tiny_gpt2, task, "lookahead", "node", blocks=1, progress=False)
+    assert one.nodes["a1.h2"].score == pytest.approx(exact.nodes["a1.h2"].score, abs=1e-5)
+    gaps = [abs(one.nodes[f"a0.h{h}"].score - exact.nodes[f"a0.h{h}"].score) for h in range(4)]
+    assert max(gaps) > 1e-4
+    assert one.meta["blocks"] == 1
