@@ -15,7 +15,7 @@ from torch import Tensor
 
 from interp import InterpError, ShapeError
 
-__all__ = ["NotFittedError", "check_fitted", "check_matrix", "check_labels"]
+__all__ = ["NotFittedError", "check_fitted", "check_matrix", "check_labels", "reset_fitted"]
 
 
 class NotFittedError(InterpError, AttributeError):
@@ -38,6 +38,24 @@ def check_fitted(estimator: Any, *attributes: str) -> None:
         raise NotFittedError(
             f"This {type(estimator).__name__} is not fitted yet: call fit(...) before using it."
         )
+
+
+def reset_fitted(estimator: Any) -> None:
+    """Forget everything a previous ``fit`` learned (every attribute ending in ``_``), so that a
+    refit never mixes old state with new.
+
+    Examples
+    --------
+    >>> class Est:
+    ...     pass
+    >>> est = Est()
+    >>> est.codes_, est.k = 1, 9
+    >>> reset_fitted(est)
+    >>> hasattr(est, "codes_"), est.k
+    (False, 9)
+    """
+    for name in [n for n in vars(estimator) if n.endswith("_") and not n.startswith("__")]:
+        delattr(estimator, name)
 
 
 def check_matrix(

@@ -192,14 +192,15 @@ def mlp(
         raise InterpError(
             f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}."
         )
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    width = in_features
-    for h in hidden:
-        layers += [nn.Linear(width, h, bias=bias), ACTIVATIONS[activation]()]
-        width = h
-    layers.append(nn.Linear(width, out_features, bias=bias))
-    return nn.Sequential(*layers)
+    with torch.random.fork_rng():  # seeded, and the caller's random state is left alone
+        torch.manual_seed(seed)
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h, bias=bias), ACTIVATIONS[activation]()]
+            width = h
+        layers.append(nn.Linear(width, out_features, bias=bias))
+        return nn.Sequential(*layers)
 
 
 def cnn(
@@ -223,20 +224,21 @@ def cnn(
         raise InterpError(
             f"image_size {image_size} cannot be halved {len(channels)} times by max pooling."
         )
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    width = in_channels
-    for c in channels:
-        layers += [nn.Conv2d(width, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-        width = c
-    side = image_size // 2 ** len(channels)
-    layers += [
-        nn.Flatten(),
-        nn.Linear(width * side * side, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, n_classes),
-    ]
-    return nn.Sequential(*layers)
+    with torch.random.fork_rng():  # seeded, and the caller's random state is left alone
+        torch.manual_seed(seed)
+        layers: list[nn.Module] = []
+        width = in_channels
+        for c in channels:
+            layers += [nn.Conv2d(width, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            width = c
+        side = image_size // 2 ** len(channels)
+        layers += [
+            nn.Flatten(),
+            nn.Linear(width * side * side, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, n_classes),
+        ]
+        return nn.Sequential(*layers)
 
 
 @torch.no_grad()
