@@ -28,23 +28,22 @@ from torch import Tensor, nn
 from interp import InterpError
 
 from ._base import check_matrix
-from ._interaction import _FoldedLinear, _with_one, fold_sections, jacobian_gram
+from ._interaction import (
+    F64,
+    _compose,
+    _eigh_desc,
+    _FoldedLinear,
+    _forward,
+    _keep,
+    fold_sections,
+    jacobian_gram,
+)
 
 __all__ = ["DegeneracyReport", "degeneracy_report", "synchronised_groups"]
 
-F64 = torch.float64
-
 
 def _rank(vals: Tensor, tol: float) -> int:
-    top = float(vals.max()) if len(vals) else 0.0
-    return int((vals > tol * top).sum()) if top > 0 else 0
-
-
-def _spectrum(m: Tensor) -> tuple[Tensor, Tensor]:
-    vals, vecs = torch.linalg.eigh((m + m.T) / 2)
-    vals = vals.abs()
-    order = torch.argsort(vals, descending=True)
-    return vals[order], vecs[:, order]
+    return int(_keep(vals, tol)[0].sum())
 
 
 def synchronised_groups(firing: Any, *, hamming: float = 0.0, min_size: int = 2) -> list[list[int]]:
@@ -117,7 +116,9 @@ class DegeneracyReport:
         ``sync_groups, sync_units, largest_group, sync_extra`` (sum of ``k(k - 1)``),
         ``near_groups``; and for the weight matrix that reads the layer: ``params`` (raw count),
         ``pre_jacobian_rank`` (rank of ``M_p`` at its output) and ``params_bound``
-        (``gram_rank * pre_jacobian_rank``).
+        (``gram_rank * pre_jacobian_rank``; for a Linear without a bias, which does not read the
+        constant unit, the rank of the layer's units alone replaces ``gram_rank``, so the bound
+        never exceeds ``params``).
     gram_spectra, jacobian_spectra : list of tensors
         Eigenvalues (descending) per node layer.
     gram_null, jacobian_null : list of tensors
@@ -282,29 +283,20 @@ def degeneracy_report(
             f"x has {x.shape[1]} features but the first Linear reads {sections[0].width}."
         )
     n = len(x)
-    folded, pres = [_with_one(x)], []
+    folded = _forward(sections, x)
     with torch.no_grad():
-        for s in sections:
-            pres.append(s.pre(folded[-1]))
-            folded.append(s(folded[-1]))
+        pres = [s.pre(f) for s, f in zip(sections, folded[:-1], strict=True)]
+    linears = [mod for mod in model if isinstance(mod, nn.Linear)]
     n_layers = len(folded)
     rows = []
     gram_spectra, jac_spectra, gram_null, jac_null = [], [], [], []
     groups_all, near_all = [], []
 
-    def tail(start: int):
-        def run(f: Tensor) -> Tensor:
-            for s in sections[start:]:
-                f = s(f)
-            return f
-
-        return run
-
     for layer in range(n_layers):
         fa = folded[layer]
         last = layer == n_layers - 1
         raw = fa if last else fa[:, :-1]
-        vals, vecs = _spectrum(fa.T @ fa / n)
+        vals, vecs = _eigh_desc(fa.T @ fa / n)
         g_rank = _rank(vals, tolerance)
         gram_spectra.append(vals)
         gram_null.append(vecs[:, g_rank:])
@@ -324,9 +316,13 @@ def degeneracy_report(
             row.update(jacobian_rank=np.nan, jacobian_null=np.nan)
         else:
             m = jacobian_gram(
-                tail(layer), fa, n_sources=n_sources, batch_size=batch_size, progress=progress
+                _compose(sections[layer:]),
+                fa,
+                n_sources=n_sources,
+                batch_size=batch_size,
+                progress=progress,
             )
-            jv, jvecs = _spectrum(m)
+            jv, jvecs = _eigh_desc(m)
             j_rank = _rank(jv, tolerance)
             jac_spectra.append(jv)
             jac_null.append(jvecs[:, j_rank:])
@@ -349,24 +345,25 @@ def degeneracy_report(
         if last:
             row.update(params=np.nan, pre_jacobian_rank=np.nan, params_bound=np.nan)
         else:
-            s = sections[layer]
-            after = sections[layer + 1 :]
+            s, tail = sections[layer], _compose(sections[layer + 1 :])
 
-            def from_pre(p: Tensor, s: _FoldedLinear = s, after: list = after) -> Tensor:
-                f = s.rest(p[:, :-1])
-                f = f if s.last else torch.cat([f, p[:, -1:]], dim=1)
-                for t in after:
-                    f = t(f)
-                return f
+            def from_pre(p: Tensor, s: _FoldedLinear = s, tail=tail) -> Tensor:
+                return tail(s.post(p[:, :-1], p[:, -1:]))
 
             pre = torch.cat([pres[layer], fa[:, -1:]], dim=1)
             mp = jacobian_gram(
                 from_pre, pre, n_sources=n_sources, batch_size=batch_size, progress=progress
             )[:-1, :-1]
-            p_rank = _rank(_spectrum(mp)[0], tolerance)
-            linear = model[[i for i, mod in enumerate(model) if isinstance(mod, nn.Linear)][layer]]
+            p_rank = _rank(_eigh_desc(mp)[0], tolerance)
+            linear = linears[layer]
             params = sum(p.numel() for p in linear.parameters())
-            row.update(params=params, pre_jacobian_rank=p_rank, params_bound=g_rank * p_rank)
+            # a Linear without a bias does not read the constant unit: rank of the units alone
+            read_rank = (
+                g_rank
+                if linear.bias is not None
+                else _rank(_eigh_desc(raw.T @ raw / n)[0], tolerance)
+            )
+            row.update(params=params, pre_jacobian_rank=p_rank, params_bound=read_rank * p_rank)
         rows.append(row)
     frame = pd.DataFrame(rows)
     for col in ("jacobian_rank", "jacobian_null", "params", "pre_jacobian_rank", "params_bound"):

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from interp import InterpError, ShapeError
 from interp._progress import progress_bar
 
-from ._base import check_fitted, check_labels, check_matrix
+from ._base import check_fitted, check_labels, check_matrix, reset_fitted
 
 __all__ = [
     "InteractionBasis",
@@ -49,6 +49,8 @@ __all__ = [
 
 Section = Callable[[Tensor], Tensor]
 F64 = torch.float64
+# smallest constant entry a perspective section accepts (c h(f / c) divides by it)
+MIN_CONSTANT = 1e-6
 
 
 # -- sections with folded biases ----------------------------------------------------------------
@@ -98,16 +100,22 @@ class _FoldedLinear:
     def pre(self, f: Tensor) -> Tensor:
         return f[:, :-1] @ self.weight.T + f[:, -1:] * self.bias
 
+    def post(self, p: Tensor, c: Tensor) -> Tensor:
+        """The section's output from its pre-activations ``p`` and constant entries ``c``."""
+        out = self.rest(p)
+        return out if self.last else torch.cat([out, c], dim=1)
+
     def __call__(self, f: Tensor) -> Tensor:
-        out = self.rest(self.pre(f))
-        return out if self.last else torch.cat([out, f[:, -1:]], dim=1)
+        return self.post(self.pre(f), f[:, -1:])
 
 
 class _FoldedCallable:
     """``[f, c] -> [c h(f / c), c]``: the perspective of a section, which folds any bias.
 
     At ``c = 1`` it is ``h`` itself; for affine maps followed by ReLU it equals the explicit
-    folding of :class:`_FoldedLinear` (both are 1-homogeneous in ``[f, c]``).
+    folding of :class:`_FoldedLinear` for ``c > 0`` (both are 1-homogeneous in ``[f, c]``). It
+    divides by ``c`` and is not that folding for ``c < 0``, so a constant entry at or below
+    ``MIN_CONSTANT`` (an ablation of an uncentred basis can cause one) raises :class:`InterpError`.
     """
 
     def __init__(self, fn: Section, last: bool) -> None:
@@ -119,6 +127,15 @@ class _FoldedCallable:
 
     def __call__(self, f: Tensor) -> Tensor:
         c = f[:, -1:]
+        if len(c) and bool((c <= MIN_CONSTANT).any()):
+            raise InterpError(
+                f"A section given as a callable got a constant (bias) entry of "
+                f"{float(c.min()):.3g}; its bias is folded through the perspective c h(f / c), "
+                f"which needs c > {MIN_CONSTANT:g}. Ablating directions of an uncentred basis "
+                "moves the constant: fit with centre=True (the constant direction is then never "
+                "ablated), or pass nn.Linear / nn.Sequential sections, which fold their bias "
+                "explicitly."
+            )
         out = c * self.fn(f[:, :-1] / c)
         return out if self.last else torch.cat([out, c], dim=1)
 
@@ -198,6 +215,17 @@ def _compose(fns: Sequence[Section]) -> Section:
     return run
 
 
+def _forward(sections: Sequence[Section], x: Tensor) -> list[Tensor]:
+    """Folded activations ``[f, 1]`` of every node layer for inputs ``x`` (the output: ``f``)."""
+    with torch.no_grad():
+        f = _with_one(x)
+        acts = [f]
+        for section in sections:
+            f = section(f)
+            acts.append(f)
+    return acts
+
+
 # -- Jacobian Gram matrices ---------------------------------------------------------------------
 
 
@@ -212,7 +240,8 @@ def _vjp_rows(fn: Section, xb: Tensor, n_sources: int | None, g: torch.Generator
         signs = torch.randint(0, 2, (n_sources, len(xb), d_out), generator=g).to(out.dtype)
         cot = (2 * signs - 1) / math.sqrt(n_sources)
     (rows,) = torch.func.vmap(vjp_fn)(cot)
-    return rows
+    # sections that close over trainable parameters would otherwise carry their autograd graph
+    return rows.detach()
 
 
 def _batches(n: int, width: int, sources: int, batch_size: int) -> int:
@@ -281,8 +310,9 @@ def _eigh_desc(m: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _keep(vals: Tensor, tol: float) -> tuple[Tensor, float]:
+    """Eigenvalues above ``tol * max`` (``tol`` floored at ``len(vals) * eps``, float64 noise)."""
     top = float(vals.max()) if len(vals) else 0.0
-    cut = tol * top
+    cut = max(tol, len(vals) * torch.finfo(F64).eps) * top
     return (vals > cut) if top > 0 else torch.zeros(len(vals), dtype=torch.bool), cut
 
 
@@ -379,7 +409,8 @@ class InteractionBasis:
     truncation : float or (float, float)
         Relative thresholds: Gram eigenvalues below ``truncation * max`` and interaction
         eigenvalues ``Lambda`` below ``truncation * max`` are dropped (one number for both, or a
-        pair ``(gram, lambda)``). The absolute values used are in :meth:`summary`.
+        pair ``(gram, lambda)``), each in (0, 1) and floored at ``d * eps`` (float64 rounding)
+        for a matrix of size ``d``. The absolute values used are in :meth:`summary`.
     centre : bool
         Centre the activations; the constant direction is then index 0 of every layer but the
         output, never rotated, and every other direction has mean 0 on the data.
@@ -464,10 +495,10 @@ class InteractionBasis:
             raise InterpError(f"jacobian must be 'next' or 'output'; got {self.jacobian!r}.")
         tol = self.truncation
         pair = tuple(tol) if isinstance(tol, tuple | list) else (tol, tol)
-        if len(pair) != 2 or not all(isinstance(t, int | float) and 0 <= t < 1 for t in pair):
+        if len(pair) != 2 or not all(isinstance(t, int | float) and 0 < t < 1 for t in pair):
             raise InterpError(
-                "truncation must be a relative threshold in [0, 1) or a pair (gram, lambda) of "
-                f"them; got {tol!r}."
+                "truncation must be a relative threshold in (0, 1) or a pair (gram, lambda) of "
+                f"them; got {tol!r}. A threshold of 0 would keep numerically null directions."
             )
         if self.n_sources is not None and self.n_sources < 1:
             raise InterpError(
@@ -489,6 +520,7 @@ class InteractionBasis:
         -------
         self
         """
+        reset_fitted(self)  # a refit never mixes the previous model's state with the new one
         tol_gram, tol_lambda = self._check_params()
         x = check_matrix(x, "x", dtype=F64, min_rows=2)
         self.sections_ = fold_sections(model)
@@ -543,13 +575,7 @@ class InteractionBasis:
         return self
 
     def _folded_activations(self, x: Tensor) -> list[Tensor]:
-        with torch.no_grad():
-            f = _with_one(x)
-            acts = [f]
-            for section in self.sections_:
-                f = section(f)
-                acts.append(f)
-        return acts
+        return _forward(self.sections_, x)
 
     def _target(self, layer: int) -> Section:
         """The function whose Jacobian defines layer ``layer``'s basis."""
@@ -1017,9 +1043,7 @@ class InteractionBasis:
         return hi
 
     def _run_from(self, layer: int, f: Tensor) -> Tensor:
-        for section in self.sections_[layer:]:
-            f = section(f)
-        return f
+        return _compose(self.sections_[layer:])(f)
 
     def _order(self, layer: int) -> Tensor:
         """Directions by importance: the constant first, then by decreasing Lambda."""

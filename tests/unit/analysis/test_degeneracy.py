@@ -116,11 +116,78 @@ def test_plot() -> None:
 
 
 def test_synchronised_groups_are_not_removed_by_the_interaction_basis() -> None:
-    """Type 3 degeneracy is the diagnostic's job: the basis keeps the group's directions."""
+    """Type 3 degeneracy is the diagnostic's job: the basis keeps the group's directions.
+
+    Ten outputs, so the output count does not bound ``kept_``; the outputs ignore u3, so the
+    Jacobian rank (4) is below the Gram rank (5) and ``kept_[1]`` is neither.
+    """
     net, x = built()
-    ib = InteractionBasis(edges=False).fit(net, x)
-    assert ib.kept_[1] == 3  # bounded by the 3 outputs, not by the groups
-    assert degeneracy_report(net, x).frame.loc[1, "sync_groups"] == 2
+    g = torch.Generator().manual_seed(2)
+    wide = nn.Sequential(net[0], nn.ReLU(), nn.Linear(7, 10)).double()
+    w2 = torch.randn(10, 7, generator=g, dtype=F64)
+    w2[:, 3] = 0
+    b2 = torch.randn(10, generator=g, dtype=F64)
+    with torch.no_grad():
+        wide[2].weight.copy_(w2)
+        wide[2].bias.copy_(b2)
+    ib = InteractionBasis(edges=False).fit(wide, x)
+    # layer 1: whitened Jacobian Gram = the output map restricted to the Gram range
+    w1, b1 = net[0].weight.detach().numpy(), net[0].bias.detach().numpy()
+    xn = x.numpy()
+    pre = xn @ w1.T + b1
+    f1 = np.concatenate([np.maximum(pre, 0), np.ones((N, 1))], 1)
+    u1 = range_of(f1.T @ f1 / N)
+    wb2 = np.concatenate([w2.numpy(), b2.numpy()[:, None]], 1)
+    expected1 = rank(u1.T @ wb2.T @ wb2 @ u1)
+    assert (expected1, rank(f1.T @ f1 / N)) == (4, 5)
+    assert ib.kept_[1] == expected1
+    # layer 0: Jacobians of the first section onto layer 1's kept span
+    f0 = np.concatenate([xn, np.ones((N, 1))], 1)
+    u0 = range_of(f0.T @ f0 / N)
+    wb1 = np.concatenate([w1, b1[:, None]], 1)
+    j0 = np.zeros((N, 8, 6))
+    j0[:, :7] = (pre > 0)[:, :, None] * wb1
+    j0[:, 7, 5] = 1
+    v1 = range_of(u1.T @ wb2.T @ wb2 @ u1)  # the kept directions of layer 1, in u1 coordinates
+    proj = u1 @ v1
+    m0 = np.einsum("nji,jk,kl,nlm->im", j0, proj, proj.T, j0) / N
+    assert ib.kept_[0] == rank(u0.T @ m0 @ u0)
+    report = degeneracy_report(wide, x)
+    assert report.frame.loc[1, "sync_groups"] == 2
+    assert report.groups[1] == [[0, 1, 2], [4, 5]]
+
+
+def range_of(m: np.ndarray, tol: float = 1e-10) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(m)
+    return vecs[:, np.abs(vals) > tol * np.abs(vals).max()]
+
+
+def test_bias_free_network_bound_never_exceeds_the_raw_count() -> None:
+    """Without a bias the weight matrix does not read the constant unit (rank of G without it)."""
+    g = torch.Generator().manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 6, bias=False), nn.ReLU(), nn.Linear(6, 3, bias=False))
+    net = net.double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.randn(6, 4, generator=g, dtype=F64))
+        net[0].weight[5] = net[0].weight[4]  # a duplicated hidden unit
+        net[2].weight.copy_(torch.randn(3, 6, generator=g, dtype=F64))
+    x = torch.randn(300, 4, generator=g, dtype=F64)
+    x[:, 3] = x[:, 0]  # a duplicated input
+    report = degeneracy_report(net, x)
+    frame = report.frame
+    w1, w2 = net[0].weight.detach().numpy(), net[2].weight.detach().numpy()
+    xn = x.numpy()
+    pre = xn @ w1.T
+    h = np.maximum(pre, 0)
+    jp = w2[None] * (pre > 0)[:, None, :]  # d output / d pre-activation of layer 1
+    mp = np.einsum("noi,noj->ij", jp, jp) / len(xn)
+    bounds = [rank(xn.T @ xn) * rank(mp), rank(h.T @ h) * rank(w2.T @ w2)]
+    assert bounds == [3 * 6, 5 * 3]
+    assert list(frame.params_bound[:2]) == bounds
+    assert list(frame.params[:2]) == [24, 18]
+    assert report.params_bound == sum(bounds) <= report.params
+    # gram_rank still describes the node layer, constant unit included
+    assert list(frame.gram_rank) == [4, 6, 3]
 
 
 def test_synchronised_groups_brute_force() -> None:

@@ -513,3 +513,78 @@ def test_transformer_residual_sites(tiny) -> None:
     assert ib.kept_[1] <= 64 + 1  # the last hidden layer feeds 64 unrotated outputs
     with pytest.raises(InterpError, match="loaded transformer"):
         transformer_mlp(nn.Linear(2, 2), tokens, 0)
+
+
+def test_refit_forgets_the_previous_fit(toy) -> None:
+    net, x, _, _ = toy
+    ib = InteractionBasis().fit(net, x)
+    assert hasattr(ib, "edges_")
+    ib.edges = False
+    ib.fit(relu_net((6, 9, 4), seed=3), x)
+    assert not hasattr(ib, "edges_")  # no graph built from the previous model
+    with pytest.raises(InterpError, match="edges=False"):
+        ib.to_graph()
+    assert ib.widths_ == [6, 9, 4]
+
+
+def callables_over_parameters(seed=0):
+    """The sections of a float32 MLP whose parameters require grad, as plain closures."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    w1, b1, w2, b2 = (p.double() for p in net.parameters())  # still in the autograd graph
+    return net, [lambda f: torch.relu(f @ w1.T + b1), lambda h: h @ w2.T + b2]
+
+
+def test_learned_tensors_are_detached_for_callables_over_parameters() -> None:
+    _, sections = callables_over_parameters()
+    x = data(200, 4)
+    for centre in (False, True):
+        ib = InteractionBasis(centre=centre).fit(sections, x)
+        learned = [v for k, v in vars(ib).items() if k.endswith("_")]
+        tensors = [t for v in learned for t in (v if isinstance(v, list) else [v])]
+        tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+        assert len(tensors) >= 3 * 3 + 2  # C_, C_pinv_, lambdas_ per layer; edges_
+        assert not any(t.requires_grad for t in tensors)
+        ib.C_[0].numpy()
+        assert not ib.attributions(0, x).requires_grad
+
+
+def test_uncentred_ablation_of_callable_sections_needs_a_positive_constant() -> None:
+    net, sections = callables_over_parameters()
+    x = data(300, 4)
+    y = net.double()(x).argmax(-1)
+    ib = InteractionBasis().fit(sections, x)
+    # ablating every direction of the uncentred basis takes the constant entry to 0
+    with pytest.raises(InterpError, match="constant"):
+        ib.ablation_curve(x, y, layer=1, schedule=[0])
+    with pytest.raises(InterpError, match="constant"):
+        ib.ablation_curve(x, y, layer=0, kind="edge", schedule=[0])
+    folded = torch.cat([x, -torch.ones(len(x), 1, dtype=F64)], 1)
+    with pytest.raises(InterpError, match="constant"):  # c h(f / c) is not the folding for c < 0
+        ib.sections_[0](folded)
+    # the explicitly folded model has no such limit, and a centred basis never ablates the constant
+    assert InteractionBasis().fit(net, x).ablation_curve(x, y, layer=1, schedule=[0]).score[0] >= 0
+    centred = InteractionBasis(centre=True).fit(sections, x)
+    schedule = [1, 2, centred.kept_[1]]  # n counts the constant direction, always kept first
+    curve = centred.ablation_curve(x, y, layer=1, schedule=schedule)
+    assert curve.score.iloc[-1] == 1.0
+    reference = InteractionBasis(centre=True).fit(net, x)
+    assert list(curve.score) == list(
+        reference.ablation_curve(x, y, layer=1, schedule=schedule).score
+    )
+    edges = centred.ablation_curve(x, y, layer=0, kind="edge", schedule=[0, 3])
+    assert list(edges.score) == list(
+        reference.ablation_curve(x, y, layer=0, kind="edge", schedule=[0, 3]).score
+    )
+
+
+def test_truncation_must_be_positive_and_null_directions_are_dropped(toy) -> None:
+    net, x, _, _ = toy
+    for bad in (0.0, (1e-10, 0.0), (0, 1e-10), -1e-3):
+        with pytest.raises(InterpError, match="truncation"):
+            InteractionBasis(truncation=bad).fit(net, x)
+    dup = torch.cat([x[:, :5], x[:, :1]], 1)  # a duplicated input: the Gram matrix has rank 6 + 1
+    ib = InteractionBasis(truncation=1e-30, edges=False).fit(net, dup)
+    assert ib.gram_rank_[0] == 6
+    assert ib.kept_[0] <= 6
+    assert float(ib.lambdas_[0].min()) > 1e-12 * float(ib.lambdas_[0].max())
