@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from interp import InterpError, ShapeError
 from interp._progress import progress_bar
 
-from ._base import check_fitted, check_matrix
+from ._base import check_fitted, check_matrix, reset_fitted
 
 __all__ = [
     "NeuronAlignment",
@@ -53,9 +53,10 @@ METHODS = ("correlation", "mutual_information")
 # -- inputs -------------------------------------------------------------------------------------
 
 
-def _activations(x: Any, name: str, min_rows: int = 2) -> Tensor:
-    """A validated float64 activation tensor shaped (examples, units, *positions)."""
-    t = check_matrix(x, name, ndim=(2, 3, 4, 5), min_rows=min_rows)
+def _activations(x: Any, name: str, min_rows: int = 2, unit_axis: int | None = 1) -> Tensor:
+    """A validated float64 activation tensor shaped (examples, units, *positions), its units
+    taken from ``unit_axis`` (see :func:`_units_second`)."""
+    t = _units_second(check_matrix(x, name, ndim=(2, 3, 4, 5), min_rows=min_rows), unit_axis, name)
     if t.shape[1] < 1:
         raise ShapeError(
             f"{name} has no units (shape {tuple(t.shape)}); expected (examples, units, ...)."
@@ -66,6 +67,30 @@ def _activations(x: Any, name: str, min_rows: int = 2) -> Tensor:
 def _samples(t: Tensor) -> Tensor:
     """(examples, units, *positions) -> (examples * positions, units): each position a sample."""
     return rearrange(t, "n c ... -> (n ...) c")
+
+
+def _units_second(t: Tensor, unit_axis: int | None, name: str) -> Tensor:
+    """Activations with their unit axis moved to axis 1: (examples, units, *positions).
+
+    ``unit_axis=None`` reads 2-D, 4-D and 5-D activations as (examples, units, ...) (dense and
+    NCHW / NCDHW conv layers) and refuses 3-D ones, which are as often (examples, channels,
+    length) as (examples, tokens, features)."""
+    if unit_axis is None:
+        if t.ndim == 3:
+            raise ShapeError(
+                f"{name} is 3-D {tuple(t.shape)}, so which axis holds the units is ambiguous. "
+                "Say it: NeuronAlignment(unit_axis=-1) for per-token activations (examples, "
+                "tokens, features), every token a sample; unit_axis=1 for (examples, channels, "
+                "length), e.g. a Conv1d."
+            )
+        return t
+    axis = unit_axis + t.ndim if unit_axis < 0 else unit_axis
+    if not 1 <= axis < t.ndim:
+        raise ShapeError(
+            f"unit_axis={unit_axis} does not name a unit axis of {name}, shaped "
+            f"{tuple(t.shape)}: axis 0 holds the examples; use 1..{t.ndim - 1} or -1."
+        )
+    return t.movedim(axis, 1)
 
 
 def _same_grid(ta: Tensor, tb: Tensor, names: tuple[str, str]) -> None:
@@ -139,15 +164,17 @@ def correlation_matrix(a: Any, b: Any | None = None) -> Tensor:
 
 
 def _bin_units(x: Tensor, bins: int) -> Tensor:
-    """Each column as bin indices: equal-population quantile bins, plus one bin of its own for a
-    point mass at the minimum (a ReLU's zeros) when that mass exceeds 1/bins of the samples.
-    Returns the indices, shaped (samples, units)."""
-    n = len(x)
+    """Each column as bin indices, shaped (samples, units).
+
+    A point mass at the column's minimum (its minimum shared by at least two samples: a ReLU's
+    zeros, however few) always gets bin 0 to itself and the other values ``bins - 1``
+    equal-population quantile bins, as in the authors' ``percentile_bins``; a column whose
+    minimum is a single sample (a continuous unit) gets ``bins`` equal-population bins."""
     codes = torch.empty(x.shape, dtype=torch.long)
     for j, v in enumerate(x.T.contiguous()):
         low = v.min()
         at_low = v == low
-        floor = bool(at_low.sum() * bins > n) and not bool(at_low.all())
+        floor = bool(at_low.sum() >= 2) and not bool(at_low.all())
         rest = v[~at_low] if floor else v
         k = bins - 1 if floor else bins
         inner = torch.linspace(0, 1, k + 1, dtype=torch.float64)[1:-1]
@@ -166,8 +193,10 @@ def mutual_information_matrix(
 ) -> Tensor:
     """Mutual information (nats) between every unit of ``a`` and every unit of ``b``.
 
-    Each unit is discretised into ``bins`` equal-population bins; a ReLU's zeros (a point mass at
-    the unit's minimum) get a bin of their own, as in the authors' ``percentile_bins``. The
+    Each unit is discretised into ``bins`` equal-population bins. A point mass at the unit's
+    minimum (its minimum value shared by two samples or more, e.g. a ReLU's zeros, whatever
+    their share) always gets a bin of its own and the remaining values ``bins - 1``
+    equal-population bins, as in the authors' ``percentile_bins``. The
     plug-in estimate ``sum p_ij log(p_ij / (p_i p_j))`` is biased upwards by about
     ``(B_a - 1)(B_b - 1) / (2 N)``; ``bias_correction`` subtracts the Miller-Madow term
     ``(B_ab - B_a - B_b + 1) / (2 N)`` with ``B`` the occupied bins (the authors' code mixes
@@ -592,6 +621,57 @@ class _Moments:
         return float(torch.sqrt((2 - 2 * nuclear).clamp(min=0)))
 
 
+def _run_once(
+    hooked: Any, inputs: Tensor, sites: list[str], what: str, x_shape: tuple[int, ...]
+) -> dict[str, Tensor]:
+    """One forward pass of a :class:`~interp.ModuleModel`; the output of every site, which must
+    fire exactly once (a module called twice would otherwise keep only its last call)."""
+    model = hooked.model
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is not None:
+        inputs = inputs.to(param.device)
+        if inputs.is_floating_point():  # token ids and other integer inputs stay as they are
+            inputs = inputs.to(param.dtype)
+    got: dict[str, list[Tensor]] = {s: [] for s in sites}
+
+    def recorder(path: str):
+        def record(t: Tensor, site: Any) -> None:
+            got[path].append(t.detach().cpu())
+
+        return record
+
+    with torch.no_grad(), hooked.hooks({s: recorder(s) for s in got}):
+        try:
+            model(inputs)
+        except InterpError:
+            raise
+        except (RuntimeError, TypeError, ValueError, IndexError) as err:
+            kind = f"{param.dtype} parameters" if param is not None else "no parameters"
+            raise ShapeError(
+                f"{what[0].upper()}{what[1:]} ({type(model).__name__}, {kind}) could not run on "
+                f"x of shape {tuple(x_shape)} and dtype {inputs.dtype}: {err}. Floating inputs "
+                "are cast to the model's parameter dtype and integer inputs (token ids) are "
+                "passed unchanged: pass inputs the model accepts."
+            ) from err
+    for path, calls in got.items():
+        if len(calls) != 1:
+            if not calls:
+                raise InterpError(
+                    f"Module {path!r} did not run in the forward pass of {what}; choose modules "
+                    "the model calls."
+                )
+            raise InterpError(
+                f"Module {path!r} ran {len(calls)} times in one forward pass of {what} (one "
+                "module object called at several places, e.g. a ReLU shared by several layers); "
+                "NeuronAlignment compares one activation per layer and will not pick a call. "
+                "Give each call a module of its own (separate nn.ReLU instances), compare the "
+                "layer that feeds the call you want instead (its pre-activations), or run the "
+                "models yourself and fit dictionaries of activations. (NeuralCodes instead "
+                f"splits such a module into blocks {path}#0, {path}#1, ...)"
+            )
+    return {path: calls[0] for path, calls in got.items()}
+
+
 class NeuronAlignment:
     """Convergent learning (Li et al. 2016): how the units of two networks correspond, per layer.
 
@@ -610,6 +690,12 @@ class NeuronAlignment:
         chance level of the matched correlation, reported as ``shuffled_*``.
     batch_size : int
         Examples per forward pass when ``fit`` runs models.
+    unit_axis : int, optional
+        The axis of every activation that holds the units (the other non-example axes are
+        positions: each (example, position) pair is one sample). Default ``None``: axis 1 for
+        2-D (examples, units), 4-D (N, C, H, W) and 5-D activations; 3-D activations are refused
+        as ambiguous. Pass ``-1`` for per-token activations (examples, tokens, features) or
+        channels-last layouts, ``1`` for (examples, channels, length).
     seed : int
         For the shuffle and the spectral clustering.
     progress : bool, optional
@@ -660,6 +746,7 @@ class NeuronAlignment:
         bins: int = 10,
         shuffle: bool = True,
         batch_size: int = 512,
+        unit_axis: int | None = None,
         seed: int = 0,
         progress: bool | None = None,
     ) -> None:
@@ -668,6 +755,7 @@ class NeuronAlignment:
         self.bins = bins
         self.shuffle = shuffle
         self.batch_size = batch_size
+        self.unit_axis = unit_axis
         self.seed = seed
         self.progress = progress
 
@@ -678,7 +766,12 @@ class NeuronAlignment:
 
         Models are run on ``x`` in batches of ``batch_size`` and only running sums are kept
         (float64 means and co-moments, merged batch by batch), so ``x`` can be large; the
-        mutual-information method also keeps the activations of the compared layers.
+        mutual-information method also keeps the activations of the compared layers. Floating
+        ``x`` is cast to each model's parameter dtype (and moved to its device); integer ``x``
+        (token ids) is passed unchanged. Each compared module must run exactly once per forward
+        pass: a module called at several places (one ``nn.ReLU`` shared by several layers)
+        raises :class:`~interp.InterpError`. A refit starts afresh: nothing learned by an
+        earlier ``fit`` survives it.
 
         Parameters
         ----------
@@ -695,10 +788,20 @@ class NeuronAlignment:
         -------
         self
         """
+        reset_fitted(self)
         if self.method not in METHODS:
             raise InterpError(f"Unknown method {self.method!r}; choose one of {list(METHODS)}.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InterpError(f"batch_size must be a positive integer; got {self.batch_size!r}.")
+        if self.unit_axis is not None and (
+            not isinstance(self.unit_axis, int | np.integer)
+            or isinstance(self.unit_axis, bool)
+            or self.unit_axis == 0
+        ):
+            raise InterpError(
+                "unit_axis must be None or a nonzero integer (axis 0 holds the examples); got "
+                f"{self.unit_axis!r}."
+            )
         g = torch.Generator().manual_seed(self.seed)
         roles = ["b"]
         if self.shuffle:
@@ -718,9 +821,9 @@ class NeuronAlignment:
         try:
             for batch in batches:
                 for name in names:
-                    ta = _activations(batch["a"][name], f"a[{name!r}]", min_rows)
+                    ta = self._units(batch["a"][name], f"a[{name!r}]", min_rows)
                     for role in roles:
-                        other = _activations(batch[role][name], f"{role}[{name!r}]", min_rows)
+                        other = self._units(batch[role][name], f"{role}[{name!r}]", min_rows)
                         _same_grid(ta, other, (f"a[{name!r}]", f"{role}[{name!r}]"))
                         moments[name][role].update(_samples(ta), _samples(other))
                         if role == "b" and self.method == "mutual_information":
@@ -767,6 +870,10 @@ class NeuronAlignment:
         self.layers_ = list(names)
         return self
 
+    def _units(self, x: Any, name: str, min_rows: int) -> Tensor:
+        """Validated float64 activations shaped (examples, units, *positions)."""
+        return _activations(x, name, min_rows, self.unit_axis)
+
     def _check_models(
         self, a: Any, b: Any, x: Any, baseline: Any
     ) -> tuple[list[str], list[tuple[str, str]]]:
@@ -812,6 +919,7 @@ class NeuronAlignment:
             runs["baseline"] = (baseline, runs["b"][1])
         wrapped = {id(m): ModuleModel(m) for m, _ in runs.values()}
         modes = {id(m): (m, m.training) for m, _ in runs.values()}
+        what = {"a": "model a", "b": "model b", "shuffled": "model b", "baseline": "the baseline"}
         starts = range(0, len(x), self.batch_size)
         try:
             for m, _ in modes.values():
@@ -821,8 +929,8 @@ class NeuronAlignment:
                 batch = {}
                 for role, (model, sites) in runs.items():
                     inputs = x[perm[rows]] if role == "shuffled" else x[rows]
-                    _, cache = wrapped[id(model)].run_with_cache(inputs, sites)
-                    batch[role] = {n: cache[s] for n, s in zip(names, sites, strict=True)}
+                    acts = _run_once(wrapped[id(model)], inputs, sites, what[role], x.shape)
+                    batch[role] = {n: acts[s] for n, s in zip(names, sites, strict=True)}
                 yield batch
         finally:
             for m, training in modes.values():

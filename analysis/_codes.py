@@ -28,9 +28,10 @@ from torch import Tensor, nn
 from interp import HookedModel, InterpError, ModuleModel, ShapeError, TransformerModel, wrap
 from interp._progress import progress_bar
 
-from ._base import check_fitted, check_labels, check_matrix
+from ._base import check_fitted, check_labels, check_matrix, reset_fitted
 
 __all__ = [
+    "PIECEWISE_LINEAR",
     "RELU_LIKE",
     "NeuralCodes",
     "pack_codes",
@@ -47,13 +48,22 @@ __all__ = [
     "plot_phase_chart",
 ]
 
-#: Module types whose *input* sign is one code bit (found automatically when ``layers=None``).
-RELU_LIKE: tuple[type[nn.Module], ...] = (
+#: Piecewise-linear activations with a kink at 0: the sign of their *input* says which linear
+#: piece a unit is on, so codes of these units name linear regions. The default of
+#: :class:`NeuralCodes` (``activation_types``) when ``layers=None``. ReLU6's upper kink (at 6) is
+#: not coded. Hardtanh is left out: its kinks are at -1 and 1, not at 0.
+PIECEWISE_LINEAR: tuple[type[nn.Module], ...] = (
     nn.ReLU,
     nn.LeakyReLU,
     nn.PReLU,
     nn.RReLU,
     nn.ReLU6,
+)
+
+#: :data:`PIECEWISE_LINEAR` plus smooth ReLU-like activations (ELU, CELU, SELU, GELU, SiLU,
+#: Mish). Their input sign is still a bit, but the network is not piecewise linear, so their
+#: codes name no linear regions; select them with ``NeuralCodes(activation_types=RELU_LIKE)``.
+RELU_LIKE: tuple[type[nn.Module], ...] = PIECEWISE_LINEAR + (
     nn.ELU,
     nn.CELU,
     nn.SELU,
@@ -445,16 +455,29 @@ def _first_parameter(model: nn.Module) -> Tensor | None:
     return next((p for p in model.parameters() if p.is_floating_point()), None)
 
 
-def _plain_layers(hooked: ModuleModel, layers: Sequence[str] | None) -> list[str]:
+def _plain_layers(
+    hooked: ModuleModel, layers: Sequence[str] | None, types: tuple[type[nn.Module], ...]
+) -> list[str]:
     modules = dict(hooked.model.named_modules())
     if layers is None:
-        found = [path for path, m in modules.items() if path and isinstance(m, RELU_LIKE)]
+        found = [path for path, m in modules.items() if path and isinstance(m, types)]
         if not found:
-            kinds = ", ".join(t.__name__ for t in RELU_LIKE[:4])
+            kinds = ", ".join(t.__name__ for t in types)
+            smooth = [
+                f"{path} ({type(m).__name__})"
+                for path, m in modules.items()
+                if path and isinstance(m, RELU_LIKE) and not isinstance(m, types)
+            ]
+            hint = (
+                f" It has smooth activations {smooth[:6]}, whose codes name no linear regions; "
+                "use them anyway with activation_types=RELU_LIKE."
+                if smooth
+                else ""
+            )
             raise InterpError(
-                f"No ReLU-like module ({kinds}, ...) found in this {type(hooked.model).__name__}; "
+                f"No ReLU-like module ({kinds}) found in this {type(hooked.model).__name__}; "
                 "activations called as functions (F.relu) cannot be hooked. Use nn.ReLU modules "
-                "or name the modules whose inputs are pre-activations with layers=[...]."
+                "or name the modules whose inputs are pre-activations with layers=[...]." + hint
             )
         return found
     out = []
@@ -505,8 +528,10 @@ def _plain_bits(
 ) -> tuple[Tensor, list[tuple[str, int]]]:
     hooked = ModuleModel(model)
     param = _first_parameter(model)
-    if param is not None:  # the network's precision and device; codes come back to the CPU
-        x = x.to(device=param.device, dtype=param.dtype)
+    if param is not None:  # the network's device; codes come back to the CPU
+        x = x.to(param.device)
+        if x.is_floating_point():  # the network's precision; token ids stay integers
+            x = x.to(param.dtype)
     chunks: list[Tensor] = []
     widths: list[tuple[str, int]] = []
     was_training = model.training
@@ -520,10 +545,16 @@ def _plain_bits(
                     r.got.clear()
                 try:
                     model(x[start : start + batch_size])
-                except RuntimeError as err:
+                except InterpError:
+                    raise
+                except (RuntimeError, TypeError, ValueError, IndexError) as err:
+                    kind = f"{param.dtype} parameters" if param is not None else "no parameters"
                     raise ShapeError(
-                        f"The model could not run on {name} of shape {tuple(x.shape)}: {err}. "
-                        "Pass a batch of inputs the model accepts."
+                        f"The model ({type(model).__name__}, {kind}) could not run on {name} of "
+                        f"shape {tuple(x.shape)} and dtype {x.dtype}: {err}. Floating inputs are "
+                        "cast to the model's parameter dtype and integer inputs (token ids) are "
+                        "passed unchanged: pass inputs the model accepts (e.g. x.float() for "
+                        "integer features)."
                     ) from err
                 parts = []
                 fired = []
@@ -587,9 +618,14 @@ class NeuralCodes:
     ----------
     layers : list, optional
         Plain networks: paths of the modules whose *inputs* are the pre-activations (default:
-        every ReLU-like module, :data:`RELU_LIKE`; a module called several times contributes one
-        block of bits per call). Transformers: layer numbers or site names (default: ``m{L}.pre``
-        of every layer), one code per token position.
+        every module of one of ``activation_types``; a module called several times contributes
+        one block of bits per call). Transformers: layer numbers or site names (default:
+        ``m{L}.pre`` of every layer), one code per token position.
+    activation_types : tuple of module types
+        The modules found when ``layers=None``: by default the piecewise-linear ones
+        (:data:`PIECEWISE_LINEAR`: ReLU, LeakyReLU, PReLU, RReLU, ReLU6), whose codes name
+        linear regions. :data:`RELU_LIKE` adds smooth activations (GELU, SiLU, Mish, ELU, SELU,
+        CELU): their sign bits are still codes, but not linear regions.
     drop_constant : bool
         Drop units that are constant over train and test together, as the paper does. Neither
         distinctness nor Hamming rankings change; dead neuron rates are computed before.
@@ -642,6 +678,7 @@ class NeuralCodes:
         self,
         layers: Sequence[Any] | None = None,
         *,
+        activation_types: tuple[type[nn.Module], ...] = PIECEWISE_LINEAR,
         drop_constant: bool = True,
         k: int = 9,
         metrics: Sequence[str] = METRICS,
@@ -653,6 +690,7 @@ class NeuralCodes:
         progress: bool | None = None,
     ) -> None:
         self.layers = layers
+        self.activation_types = activation_types
         self.drop_constant = drop_constant
         self.k = k
         self.metrics = metrics
@@ -673,12 +711,26 @@ class NeuralCodes:
             raise InterpError(f"k must be a positive integer; got {self.k!r}.")
         if not isinstance(self.batch_size, int | np.integer) or self.batch_size < 1:
             raise InterpError(f"batch_size must be a positive integer; got {self.batch_size!r}.")
+        types = self.activation_types
+        if (
+            not isinstance(types, tuple)
+            or not types
+            or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types)
+        ):
+            raise InterpError(
+                "activation_types must be a non-empty tuple of nn.Module classes, e.g. "
+                f"PIECEWISE_LINEAR or RELU_LIKE; got {types!r}."
+            )
 
     def _bits(self, x: Any, name: str) -> Tensor:
         if self._transformer:
             bits, widths = _transformer_bits(self.model_, self._sites, x, self.progress)
         else:
+            # check_matrix checks shape and finiteness (and makes non-floating inputs float32)
             t = check_matrix(x, name, ndim=(2, 3, 4, 5))
+            raw = x.detach() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+            if not raw.is_floating_point() and raw.dtype != torch.bool:
+                t = raw  # integer inputs (token ids for an nn.Embedding) are passed unchanged
             if hasattr(self, "input_shape_") and tuple(t.shape[1:]) != self.input_shape_:
                 raise ShapeError(
                     f"{name} must be shaped like the training inputs {self.input_shape_} per "
@@ -712,6 +764,10 @@ class NeuralCodes:
     ) -> NeuralCodes:
         """Extract the codes of the training (and test) inputs and score them.
 
+        Floating inputs are cast to the network's parameter dtype; integer inputs (token ids
+        for an ``nn.Embedding``) are passed unchanged. A refit forgets everything an earlier
+        ``fit`` learned, also when it fails.
+
         Parameters
         ----------
         model : nn.Module or TransformerModel
@@ -728,20 +784,28 @@ class NeuralCodes:
         -------
         self
         """
+        reset_fitted(self)
         self._check_params()
         if not isinstance(model, nn.Module | HookedModel):
             raise InterpError(
                 f"NeuralCodes reads a torch.nn.Module or a TransformerModel; got "
                 f"{type(model).__name__}."
             )
-        for attr in ("layer_units_", "n_units_", "input_shape_", "test_codes_", "test_labels_"):
-            self.__dict__.pop(attr, None)
+        try:
+            return self._fit(model, x_train, y_train, x_test, y_test)
+        except BaseException:
+            reset_fitted(self)  # no half-fitted state: a failed fit leaves it unfitted
+            raise
+
+    def _fit(
+        self, model: nn.Module | HookedModel, x_train: Any, y_train: Any, x_test: Any, y_test: Any
+    ) -> NeuralCodes:
         self.model_ = wrap(model)
         self._transformer = isinstance(self.model_, TransformerModel)
         if self._transformer:
             self._sites = _transformer_sites(self.model_, self.layers)
         else:
-            self._sites = _plain_layers(self.model_, self.layers)
+            self._sites = _plain_layers(self.model_, self.layers, self.activation_types)
 
         bits = self._bits(x_train, "x_train")
         self.labels_ = self._labels(y_train, len(bits), "y_train")
@@ -866,12 +930,21 @@ class NeuralCodes:
         ``knn_accuracy``, ``logistic_accuracy`` (classifiers fit on the training codes),
         ``kmeans_purity`` and ``kmeans_hungarian`` (K-Means fit on each split's codes alone, its
         clusters mapped to labels by majority or one to one). Missing scores are NaN.
+
+        The ``train`` row's classifier scores are resubstitution scores, optimistic by
+        construction: ``knn_accuracy`` there looks each training code up among the training
+        codes *itself included* (at distance 0, so every point votes for its own label: with
+        ``k=1`` and distinct codes it is 1.0), and ``logistic_accuracy`` is the fit's training
+        accuracy. The paper reports K-NN and logistic regression on the test codes only (fit on
+        train, scored on test); read the ``test`` row for those. K-Means is unsupervised and
+        fit on each split alone, so both of its rows are as the paper computes them.
         """
         check_fitted(self, "scores_")
         return self.scores_.copy()
 
     _PARAMS = (
         "layers",
+        "activation_types",
         "drop_constant",
         "k",
         "metrics",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 
@@ -472,3 +473,123 @@ def test_baseline_must_be_the_same_kind_as_b() -> None:
         NeuronAlignment(layers=["1"]).fit(net, net, x, baseline=randn(6, 3))
     with pytest.raises(InterpError, match="dictionaries of activations on every side"):
         NeuronAlignment().fit({"h": randn(6, 3)}, {"h": randn(6, 3)}, baseline=randn(6, 3))
+
+
+# -- regressions --------------------------------------------------------------------------------
+
+
+def test_a_refit_forgets_everything_the_previous_fit_learned() -> None:
+    a, b, c = randn(200, 4, seed=50), randn(200, 4, seed=51), randn(200, 4, seed=52)
+    est = NeuronAlignment().fit({"h": a}, {"h": a[:, [1, 0, 3, 2]]}, baseline={"h": c})
+    assert "baseline_cka" in est.summary().columns
+    est.fit({"h": a}, {"h": b})  # no baseline this time
+    assert not hasattr(est, "baseline_cka_") and not hasattr(est, "baseline_correlation_")
+    fresh = NeuronAlignment().fit({"h": a}, {"h": b}).summary()
+    assert est.summary().equals(fresh)
+    # a refit without the shuffle, on another layer: no stale shuffled_* for the old layer
+    est.shuffle = False
+    est.fit({"k": a}, {"k": b})
+    assert not hasattr(est, "shuffled_correlation_") and est.layers_ == ["k"]
+    assert list(est.summary().index) == ["k"] and "shuffled_semi" not in est.summary().columns
+
+
+def _token_mlp(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def test_per_token_activations_need_a_unit_axis_and_then_match_units() -> None:
+    net = _token_mlp(0)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(1))
+    copy = _token_mlp(1)
+    with torch.no_grad():
+        copy[0].weight.copy_(net[0].weight[perm])
+        copy[0].bias.copy_(net[0].bias[perm])
+        copy[2].weight.copy_(net[2].weight[:, perm])
+        copy[2].bias.copy_(net[2].bias)
+    x = randn(64, 3, 5, seed=53).float()  # (examples, tokens, features)
+    with pytest.raises(ShapeError, match=r"3-D \(64, 3, 8\).*unit_axis=-1"):
+        NeuronAlignment(layers=["1"]).fit(net, copy, x)
+    est = NeuronAlignment(layers=["1"], unit_axis=-1).fit(net, copy, x)
+    assert est.correlation_["1"].shape == (8, 8) and est.n_samples_["1"] == 64 * 3
+    assert torch.equal(perm[est.matching_["1"]], torch.arange(8))
+    with torch.no_grad():
+        h = net[1](net[0](x)).reshape(-1, 8)
+        hc = copy[1](copy[0](x)).reshape(-1, 8)
+    torch.testing.assert_close(est.correlation_["1"], correlation_matrix(h, hc))
+    # the same with arrays, and channels-last conv maps read like channels-first ones
+    arrays = NeuronAlignment(unit_axis=-1, shuffle=False).fit(
+        h.reshape(64, 3, 8), hc.reshape(64, 3, 8)
+    )
+    torch.testing.assert_close(arrays.correlation_["layer"], est.correlation_["1"])
+    ca, cb = randn(6, 3, 4, 5, seed=54), randn(6, 2, 4, 5, seed=55)
+    last = NeuronAlignment(unit_axis=-1).fit(ca.permute(0, 2, 3, 1), cb.permute(0, 2, 3, 1))
+    torch.testing.assert_close(last.correlation_["layer"], correlation_matrix(ca, cb))
+    with pytest.raises(InterpError, match="unit_axis must be None or a nonzero integer"):
+        NeuronAlignment(unit_axis=0).fit(ca, cb)
+    with pytest.raises(ShapeError, match="unit_axis=5 does not name a unit axis"):
+        NeuronAlignment(unit_axis=5).fit(ca, cb)
+
+
+class SharedReLU(nn.Module):
+    """One ReLU module called at two places (as in torchvision's ResNet)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.relu = nn.Linear(3, 5), nn.Linear(5, 5), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.b(self.relu(self.a(x))))
+
+
+def test_a_module_that_runs_twice_per_forward_pass_is_refused() -> None:
+    net, x = SharedReLU(), randn(40, 3, seed=56).float()
+    with pytest.raises(InterpError, match=r"'relu' ran 2 times in one forward pass.*own"):
+        NeuronAlignment(layers=["relu"], shuffle=False).fit(net, net, x)
+    assert net.training  # the mode is restored after the error
+    # the modules feeding each call run once and can be compared
+    est = NeuronAlignment(layers=[("a", "b")], shuffle=False).fit(net, net, x)
+    with torch.no_grad():
+        h = net.a(x)
+        ref = correlation_matrix(h, net.b(h.relu()))
+    torch.testing.assert_close(est.correlation_["a|b"], ref)
+
+
+class TokenNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.fc, self.relu = nn.Embedding(10, 4), nn.Linear(4, 6), nn.ReLU()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.fc(self.embed(tokens))).sum(1)
+
+
+def test_inputs_are_cast_to_each_models_dtype_and_token_ids_pass_unchanged() -> None:
+    net32 = mlp(4, [3], 2, seed=0)
+    net64 = copy.deepcopy(net32).double()
+    x = randn(30, 4, seed=57).float()
+    est = NeuronAlignment(layers=["1"], shuffle=False).fit(net64, net32, x)
+    with torch.no_grad():
+        h = net32[1](net32[0](x.double().float()))
+        h64 = net64[1](net64[0](x.double()))
+    torch.testing.assert_close(est.correlation_["1"], correlation_matrix(h64, h))
+    tokens = torch.randint(0, 10, (30, 2), generator=torch.Generator().manual_seed(0))
+    tok = TokenNet()
+    est = NeuronAlignment(layers=["relu"], shuffle=False, unit_axis=-1).fit(tok, tok, tokens)
+    assert est.correlation_["relu"].shape == (6, 6)
+    with pytest.raises(
+        ShapeError, match=r"Model a \(TokenNet, torch.float32 parameters\) could not"
+    ):
+        NeuronAlignment(layers=["relu"], unit_axis=-1).fit(tok, tok, tokens.float())
+    with pytest.raises(ShapeError, match="could not run on x of shape"):
+        NeuronAlignment(layers=["1"]).fit(net32, net32, randn(30, 7, seed=58))
+
+
+def test_relu_zeros_get_their_own_bin_however_few() -> None:
+    v = randn(1900, 1, seed=59).abs() + 0.1
+    v[:100] = 0.0  # 1/19 of the samples: fewer than 1/bins
+    mi = mutual_information_matrix(v, v, bias_correction=False)
+    p0, p = 100 / 1900, 200 / 1900  # the zeros, then 9 equal bins of 200
+    assert float(mi[0, 0]) == pytest.approx(-p0 * np.log(p0) - 9 * p * np.log(p), abs=1e-12)

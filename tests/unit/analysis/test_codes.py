@@ -12,15 +12,19 @@ from scipy.spatial.distance import cdist
 from torch import nn
 
 from analysis import (
+    PIECEWISE_LINEAR,
+    RELU_LIKE,
     NeuralCodes,
     NotFittedError,
     cluster_purity,
     codes_phase_chart,
     dead_neuron_rates,
+    digits,
     hamming_distances,
     hamming_knn,
     hamming_neighbors,
     hungarian_accuracy,
+    mlp,
     pack_codes,
     plot_phase_chart,
     redundancy_ratio,
@@ -352,6 +356,101 @@ def test_codes_of_transformer_mlps(tiny_gpt2) -> None:
     labels = torch.cat([tiny_gpt2.to_tokens(p)[0] % 2 for p in prompts])
     rep = NeuralCodes(layers=[1], metrics=["knn"], k=1).fit(tiny_gpt2, prompts, labels).report()
     assert rep.loc["train", "knn_accuracy"] == 1.0  # every token is its own nearest neighbour
+
+
+# -- regressions -----------------------------------------------------------------------------------
+
+
+def test_logistic_and_kmeans_scores_equal_an_independent_sklearn_pipeline() -> None:
+    from sklearn.cluster import KMeans
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsOneClassifier
+
+    data = digits(image=False)
+    x_tr, y_tr = data.x_train[:300], data.y_train[:300]
+    x_te, y_te = data.x_test[:120], data.y_test[:120]
+    net = mlp(64, [20, 12], 10, seed=3)
+    codes = NeuralCodes(metrics=["logistic", "kmeans"], n_init=2, max_iter=300)
+    rep = codes.fit(net, x_tr, y_tr, x_te, y_te).report()
+    # the codes by hand: signs of both pre-activations, constant units (train + test) dropped
+    with torch.no_grad():
+        bits = []
+        for x in (x_tr, x_te):
+            h1 = net[0](x)
+            bits.append(torch.cat([h1 > 0, net[2](h1.relu()) > 0], 1).numpy().astype(np.float64))
+    both = np.concatenate(bits)
+    keep = both.any(0) & ~both.all(0)
+    f_tr, f_te = bits[0][:, keep], bits[1][:, keep]
+    assert f_tr.shape[1] == codes.n_bits_
+    clf = OneVsOneClassifier(LogisticRegression(random_state=9, max_iter=300)).fit(f_tr, y_tr)
+    for split, f, y in (("train", f_tr, y_tr), ("test", f_te, y_te)):
+        assert rep.loc[split, "logistic_accuracy"] == pytest.approx(clf.score(f, y.numpy()))
+        clusters = KMeans(n_clusters=10, random_state=9, n_init=2).fit_predict(f)
+        # purity: each cluster's most common label, counted directly
+        hits = sum(np.bincount(y.numpy()[clusters == c]).max() for c in np.unique(clusters))
+        assert rep.loc[split, "kmeans_purity"] == pytest.approx(hits / len(y))
+
+
+def test_train_knn_accuracy_is_resubstitution(xor_net) -> None:
+    net, data = xor_net
+    codes = NeuralCodes(metrics=["knn"], k=1).fit(net, data.x_train, data.y_train)
+    # every training code is its own nearest neighbour (distance 0)
+    own = hamming_knn(codes.codes_, data.y_train, codes.codes_, k=1)
+    assert codes.report().loc["train", "knn_accuracy"] == float(
+        (own == data.y_train.numpy()).mean()
+    )
+    assert "resubstitution" in NeuralCodes.report.__doc__
+
+
+def test_a_failed_refit_leaves_the_estimator_unfitted(xor_net) -> None:
+    net, data = xor_net
+    codes = NeuralCodes(metrics=[]).fit(net, data.x_train, data.y_train, data.x_test, data.y_test)
+    with pytest.raises(ShapeError, match="shaped like the training inputs"):
+        codes.fit(net, data.x_train, data.y_train, torch.zeros(4, 5))
+    with pytest.raises(NotFittedError):
+        codes.transform(data.x_test)
+    assert not [k for k in vars(codes) if k.endswith("_")]
+    codes.fit(net, data.x_train)  # without a test split: nothing of the first fit survives
+    assert not hasattr(codes, "test_codes_") and codes.labels_ is None
+
+
+class TokenNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.fc, self.relu = nn.Embedding(10, 4), nn.Linear(4, 6), nn.ReLU()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.fc(self.embed(tokens))).sum(1)
+
+
+def test_token_ids_pass_unchanged_and_model_errors_are_wrapped() -> None:
+    net = TokenNet()
+    tokens = torch.randint(0, 10, (20, 2), generator=torch.Generator().manual_seed(0))
+    codes = NeuralCodes(drop_constant=False, metrics=[]).fit(net, tokens)
+    with torch.no_grad():
+        expected = (net.fc(net.embed(tokens)) > 0).reshape(20, -1)
+    np.testing.assert_array_equal(unpack_codes(codes.codes_, 12), expected.numpy())
+    np.testing.assert_array_equal(codes.transform(tokens.numpy()), codes.codes_)
+    with pytest.raises(ShapeError, match=r"TokenNet, torch.float32 parameters\) could not run"):
+        NeuralCodes(metrics=[]).fit(net, tokens + 10)  # an IndexError inside the model
+    with pytest.raises(ShapeError, match="dtype torch.float32"):
+        NeuralCodes(metrics=[]).fit(net, tokens.float())
+
+
+def test_smooth_activations_are_opt_in() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
+    x = torch.randn(30, 3)
+    assert list(NeuralCodes(metrics=[]).fit(net, x).layer_units_) == ["3"]
+    wide = NeuralCodes(activation_types=RELU_LIKE, metrics=[]).fit(net, x)
+    assert list(wide.layer_units_) == ["1", "3"]
+    assert repr(wide).startswith("NeuralCodes(activation_types=(")
+    assert set(PIECEWISE_LINEAR) < set(RELU_LIKE) and nn.GELU not in PIECEWISE_LINEAR
+    with pytest.raises(InterpError, match=r"smooth activations \['1 \(GELU\)'\]"):
+        NeuralCodes().fit(net[:2], x)
+    with pytest.raises(InterpError, match="activation_types must be"):
+        NeuralCodes(activation_types=[nn.ReLU]).fit(net, x)
 
 
 # -- the phase chart ---------------------------------------------------------------------------------
