@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from interp import InterpError, ShapeError
 from interp._progress import progress_bar
 
-from ._base import check_fitted, check_matrix, reset_fitted
+from ._base import check_fitted, check_matrix, explain_model_errors, model_input, reset_fitted
 
 __all__ = [
     "NeuronAlignment",
@@ -627,11 +627,7 @@ def _run_once(
     """One forward pass of a :class:`~interp.ModuleModel`; the output of every site, which must
     fire exactly once (a module called twice would otherwise keep only its last call)."""
     model = hooked.model
-    param = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if param is not None:
-        inputs = inputs.to(param.device)
-        if inputs.is_floating_point():  # token ids and other integer inputs stay as they are
-            inputs = inputs.to(param.dtype)
+    inputs = model_input(model, inputs)
     got: dict[str, list[Tensor]] = {s: [] for s in sites}
 
     def recorder(path: str):
@@ -640,19 +636,9 @@ def _run_once(
 
         return record
 
-    with torch.no_grad(), hooked.hooks({s: recorder(s) for s in got}):
-        try:
-            model(inputs)
-        except InterpError:
-            raise
-        except (RuntimeError, TypeError, ValueError, IndexError) as err:
-            kind = f"{param.dtype} parameters" if param is not None else "no parameters"
-            raise ShapeError(
-                f"{what[0].upper()}{what[1:]} ({type(model).__name__}, {kind}) could not run on "
-                f"x of shape {tuple(x_shape)} and dtype {inputs.dtype}: {err}. Floating inputs "
-                "are cast to the model's parameter dtype and integer inputs (token ids) are "
-                "passed unchanged: pass inputs the model accepts."
-            ) from err
+    hooks = hooked.hooks({s: recorder(s) for s in got})
+    with torch.no_grad(), hooks, explain_model_errors(model, inputs, f"x ({what})"):
+        model(inputs)
     for path, calls in got.items():
         if len(calls) != 1:
             if not calls:

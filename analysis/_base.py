@@ -7,15 +7,25 @@ checked once at the public entry point by :func:`check_matrix`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from interp import InterpError, ShapeError
 
-__all__ = ["NotFittedError", "check_fitted", "check_matrix", "check_labels", "reset_fitted"]
+__all__ = [
+    "NotFittedError",
+    "check_fitted",
+    "check_matrix",
+    "check_labels",
+    "reset_fitted",
+    "model_input",
+    "explain_model_errors",
+]
 
 
 class NotFittedError(InterpError, AttributeError):
@@ -121,3 +131,40 @@ def check_labels(y: Any, n: int, name: str = "y") -> Tensor:
     if t.is_floating_point() and not torch.equal(t, t.round()):
         raise ShapeError(f"{name} must hold integer class labels; got non-integer values.")
     return t.long()
+
+
+def model_input(model: nn.Module, x: Tensor) -> Tensor:
+    """``x`` on the model's device; floating inputs in its precision, integer inputs (token ids)
+    unchanged.
+
+    Examples
+    --------
+    >>> model_input(nn.Linear(2, 2).double(), torch.zeros(1, 2)).dtype
+    torch.float64
+    >>> model_input(nn.Embedding(5, 2), torch.tensor([[1, 2]])).dtype
+    torch.int64
+    """
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is None:
+        return x
+    x = x.to(param.device)
+    return x.to(param.dtype) if x.is_floating_point() else x
+
+
+@contextlib.contextmanager
+def explain_model_errors(model: nn.Module, x: Tensor, what: str = "x") -> Iterator[None]:
+    """Turn an error raised inside the user's model into a :class:`~interp.ShapeError` that
+    names the model, its precision and the input it could not run on."""
+    try:
+        yield
+    except InterpError:
+        raise
+    except (RuntimeError, TypeError, ValueError, IndexError) as err:
+        param = next((p for p in model.parameters() if p.is_floating_point()), None)
+        kind = f"{param.dtype} parameters" if param is not None else "no parameters"
+        raise ShapeError(
+            f"The model ({type(model).__name__}, {kind}) could not run on {what} of shape "
+            f"{tuple(x.shape)} and dtype {x.dtype}: {err}. Floating inputs are cast to the "
+            "model's parameter dtype and integer inputs (token ids) are passed unchanged: pass "
+            "inputs the model accepts (e.g. x.float() for integer features)."
+        ) from err

@@ -28,7 +28,14 @@ from torch import Tensor, nn
 from interp import HookedModel, InterpError, ModuleModel, ShapeError, TransformerModel, wrap
 from interp._progress import progress_bar
 
-from ._base import check_fitted, check_labels, check_matrix, reset_fitted
+from ._base import (
+    check_fitted,
+    check_labels,
+    check_matrix,
+    explain_model_errors,
+    model_input,
+    reset_fitted,
+)
 
 __all__ = [
     "PIECEWISE_LINEAR",
@@ -451,10 +458,6 @@ def dead_neuron_rates(bits: Any) -> dict[str, float]:
 # -- extracting codes ------------------------------------------------------------------------
 
 
-def _first_parameter(model: nn.Module) -> Tensor | None:
-    return next((p for p in model.parameters() if p.is_floating_point()), None)
-
-
 def _plain_layers(
     hooked: ModuleModel, layers: Sequence[str] | None, types: tuple[type[nn.Module], ...]
 ) -> list[str]:
@@ -527,11 +530,7 @@ def _plain_bits(
     name: str = "x",
 ) -> tuple[Tensor, list[tuple[str, int]]]:
     hooked = ModuleModel(model)
-    param = _first_parameter(model)
-    if param is not None:  # the network's device; codes come back to the CPU
-        x = x.to(param.device)
-        if x.is_floating_point():  # the network's precision; token ids stay integers
-            x = x.to(param.dtype)
+    x = model_input(model, x)  # codes come back to the CPU
     chunks: list[Tensor] = []
     widths: list[tuple[str, int]] = []
     was_training = model.training
@@ -543,19 +542,8 @@ def _plain_bits(
             for start in progress_bar(starts, desc="neural codes", progress=progress):
                 for r in recorders.values():
                     r.got.clear()
-                try:
+                with explain_model_errors(model, x, name):
                     model(x[start : start + batch_size])
-                except InterpError:
-                    raise
-                except (RuntimeError, TypeError, ValueError, IndexError) as err:
-                    kind = f"{param.dtype} parameters" if param is not None else "no parameters"
-                    raise ShapeError(
-                        f"The model ({type(model).__name__}, {kind}) could not run on {name} of "
-                        f"shape {tuple(x.shape)} and dtype {x.dtype}: {err}. Floating inputs are "
-                        "cast to the model's parameter dtype and integer inputs (token ids) are "
-                        "passed unchanged: pass inputs the model accepts (e.g. x.float() for "
-                        "integer features)."
-                    ) from err
                 parts = []
                 fired = []
                 for layer, r in recorders.items():

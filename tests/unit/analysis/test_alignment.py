@@ -580,10 +580,10 @@ def test_inputs_are_cast_to_each_models_dtype_and_token_ids_pass_unchanged() -> 
     est = NeuronAlignment(layers=["relu"], shuffle=False, unit_axis=-1).fit(tok, tok, tokens)
     assert est.correlation_["relu"].shape == (6, 6)
     with pytest.raises(
-        ShapeError, match=r"Model a \(TokenNet, torch.float32 parameters\) could not"
+        ShapeError, match=r"\(TokenNet, torch.float32 parameters\) could not run on x \(model a\)"
     ):
         NeuronAlignment(layers=["relu"], unit_axis=-1).fit(tok, tok, tokens.float())
-    with pytest.raises(ShapeError, match="could not run on x of shape"):
+    with pytest.raises(ShapeError, match=r"could not run on x \(model a\) of shape"):
         NeuronAlignment(layers=["1"]).fit(net32, net32, randn(30, 7, seed=58))
 
 
