@@ -84,6 +84,11 @@ def _chunks(cells: list[_Cell], tokens_per_pass: int, n: int, n_pos: int,
         start = end
 
 
+def _slice(activation: Tensor, cell: _Cell) -> Tensor:
+    """A cell's part of an activation (batch, pos, [head,] ...)."""
+    return activation[:, cell.pos] if cell.head is None else activation[:, cell.pos, cell.head]
+
+
 def _patcher(cells: list[_Cell], source: Tensor, n: int,
              begin: int = 0) -> Callable[[Tensor, Site], Tensor]:
     """A hook putting, in stacked copy k, cell k's slice of the source activation.
@@ -244,6 +249,8 @@ def _patch_cells(
     with torch.no_grad():
         _, source_cache = model.run_with_cache(source, sites)
         base_logits, inputs = model.block_inputs(base, keep_kv=True)
+        base_cache = ({s: r for s, r in zip(sites, inputs.resid, strict=True)}
+                      if component == "resid" else model.run_with_cache(base, sites)[1])
     m_base = task.logit_diff(base_logits)
     grads: dict[int, Tensor] = {}
     if blocks is not None and blocks < n_layers:
@@ -265,7 +272,10 @@ def _patch_cells(
         first = None
     cells = _cells(model, component, per_position, n_pos)
     values = torch.empty(len(cells), dtype=inputs.resid[0].dtype)
-    noop = torch.tensor([c.pos is not None and c.pos < same_until for c in cells])
+    # a cell whose source slice equals the base slice bit for bit patches nothing
+    noop = torch.tensor([c.pos is not None and (
+        c.pos < same_until or torch.equal(_slice(source_cache[sites[c.layer]], c),
+                                          _slice(base_cache[sites[c.layer]], c))) for c in cells])
     values[noop] = m_base
     todo = [c for c, skip in zip(cells, noop.tolist(), strict=True) if not skip]
     computed = torch.empty(len(todo), dtype=values.dtype)
@@ -274,13 +284,21 @@ def _patch_cells(
     with torch.no_grad(), bar:
         for chunk, begin in _chunks(todo, tokens_per_pass, n, n_pos, first):
             layer, copies = chunk[0].layer, len(chunk)
-            resid = inputs.resid[layer][:, begin:].repeat(copies, 1, 1)
             patch = _patcher(chunk, source_cache[sites[layer]], n, begin)
-            if component == "resid":
-                resid = patch(resid, Site.parse(sites[layer]))
-                hooks = {}
+            hooks = {}
+            if component == "mlp" and layer + 1 < n_layers:
+                # an MLP output only adds to the residual leaving its block: start one block later
+                # with the difference added (block `layer` itself would not change elsewhere)
+                mlp_base = base_cache[sites[layer]][:, begin:].repeat(copies, 1, 1)
+                layer += 1
+                resid = inputs.resid[layer][:, begin:].repeat(copies, 1, 1)
+                resid = resid + patch(mlp_base, Site.parse(sites[layer - 1])) - mlp_base
             else:
-                hooks = {sites[layer]: patch}
+                resid = inputs.resid[layer][:, begin:].repeat(copies, 1, 1)
+                if component == "resid":
+                    resid = patch(resid, Site.parse(sites[layer]))
+                else:
+                    hooks = {sites[layer]: patch}
             stop = None if blocks is None or layer + blocks >= n_layers else layer + blocks
             with model.hooks(hooks):
                 out = model.forward_from(layer, resid, inputs, start=begin, stop=stop,
