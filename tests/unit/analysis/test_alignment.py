@@ -32,6 +32,8 @@ from analysis import (
 )
 from interp import CircuitGraph, InterpError, ShapeError, UnknownSiteError
 
+from ._nets import SharedReLU
+
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -529,18 +531,6 @@ def test_per_token_activations_need_a_unit_axis_and_then_match_units() -> None:
         NeuronAlignment(unit_axis=0).fit(ca, cb)
     with pytest.raises(ShapeError, match="unit_axis=5 does not name a unit axis"):
         NeuronAlignment(unit_axis=5).fit(ca, cb)
-
-
-class SharedReLU(nn.Module):
-    """One ReLU module called at two places (as in torchvision's ResNet)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.a, self.b, self.relu = nn.Linear(3, 5), nn.Linear(5, 5), nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.b(self.relu(self.a(x))))
 
 
 def test_a_module_that_runs_twice_per_forward_pass_is_refused() -> None:

@@ -34,6 +34,8 @@ from analysis import (
 )
 from interp import InterpError, ShapeError, count_hooks
 
+from ._nets import SharedReLU
+
 # -- a 1-D ReLU net with known breakpoints --------------------------------------------------------
 # Layer 1: relu(x + 1), relu(-x), relu(x - 0.5), relu(2 - x): breakpoints -1, 0, 0.5, 2.
 # Layer 2: relu(relu(x + 1) - 2.5): active for x > 1.5, a fifth breakpoint.
@@ -313,20 +315,8 @@ def test_bad_inputs_are_rejected_with_a_message(xor_net) -> None:
     assert count_hooks(net) == 0
 
 
-class SharedReLU(nn.Module):
-    """One ReLU module called at two places (as in torchvision's ResNet)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.a, self.b, self.relu = nn.Linear(3, 5), nn.Linear(5, 4), nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.b(self.relu(self.a(x))))
-
-
 def test_a_module_called_twice_gives_a_block_per_call() -> None:
-    net, x = SharedReLU(), torch.randn(30, 3)
+    net, x = SharedReLU(4), torch.randn(30, 3)
     codes = NeuralCodes(drop_constant=False, metrics=[]).fit(net, x)
     with torch.no_grad():
         h = net.a(x)
