@@ -192,8 +192,8 @@ def lookahead_patching(
     >>> bool(torch.allclose(estimate, exact, atol=1e-4))  # 2 blocks: the whole tiny model
     True
     """
-    if blocks < 1:
-        raise InterpError(f"blocks must be >= 1 (0 is plain AtP); got {blocks}.")
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+        raise InterpError(f"blocks must be an integer >= 1 (0 is plain AtP); got {blocks!r}.")
     values = _patch_cells(model, task, component, per_position, direction, tokens_per_pass,
                           progress, blocks=blocks, gradient_rules=gradient_rules)
     return _shaped(values, model, component, per_position, task.clean.shape[1])
