@@ -199,19 +199,28 @@ def lookahead_patching(
     return _shaped(values, model, component, per_position, task.clean.shape[1])
 
 
-def _prefix_reuse_exact(model: TransformerModel, inputs: Any, first: int, task: Task,
-                        base_logits: Tensor) -> bool:
+def _shortcuts_exact(model: TransformerModel, inputs: Any, first: int, task: Task,
+                     base_logits: Tensor, attn_out: Tensor | None) -> bool:
     """Whether restarting the base run at position ``first`` (earlier keys and values read from
-    the recorded run) gives back its logits: one forward pass, against silent mis-slicing."""
+    the recorded run), with block 0's attention output given as ``attn_out`` instead of
+    computed, gives back its logits: one forward pass, against silent mis-slicing."""
+    vocab = task.metric_tokens
     try:
         with torch.no_grad():
-            again = model.forward_from(0, inputs.resid[0][:, first:], inputs, start=first,
-                                       positions=task.last_positions())
-    except (RuntimeError, ValueError, IndexError):  # shapes that do not fit
+            again = model.forward_from(
+                0, inputs.resid[0][:, first:], inputs, start=first, vocab=vocab,
+                positions=task.last_positions(),
+                attn_out=None if attn_out is None else attn_out[:, first:])
+    except (RuntimeError, ValueError, IndexError, TypeError):  # shapes that do not fit
         return False
     rows = torch.arange(len(task))
-    expected = base_logits[rows, task.last_positions()]
+    expected = base_logits[rows, task.last_positions()][:, vocab]
     return bool(torch.allclose(again, expected, atol=1e-4 * float(expected.abs().max()), rtol=0))
+
+
+def _stacked(x: Tensor, copies: int) -> Tensor:
+    """``copies`` copies of a batch, stacked copy after copy on the first axis."""
+    return x.repeat(copies, *[1] * (x.ndim - 1))
 
 
 def _shaped(values: Tensor, model: TransformerModel, component: str, per_position: bool,
@@ -265,12 +274,22 @@ def _patch_cells(
     differs = (base != source).any(0).nonzero()
     same_until = int(differs[0]) if len(differs) else n_pos
     first: int | None = min(same_until, int(task.lengths.min()) - 1)
-    if first and not _prefix_reuse_exact(model, inputs, first, task, base_logits):
-        warnings.warn(f"Restarting {model.spec.name} at a later position did not reproduce its "
-                      "logits (an attention or position-embedding layout this toolkit does not "
-                      "know); every position is recomputed instead.", stacklevel=3)
-        first = None
+    # heads and attention outputs: the patched attention's output is computed from the cache
+    # and handed to the block, instead of running that attention
+    skip_attention = component in ("heads", "attn")
+    attn_out = base_cache[sites[0]] if skip_attention else None
+    if component == "heads":
+        with torch.no_grad():
+            attn_out = model.attention_output(0, attn_out)
+    if (first or skip_attention) and not _shortcuts_exact(model, inputs, first or 0, task,
+                                                          base_logits, attn_out):
+        warnings.warn(f"Restarting {model.spec.name} at a later position, or with a given "
+                      "attention output, did not reproduce its logits (an attention or "
+                      "position-embedding layout this toolkit does not know); every position "
+                      "is recomputed and every attention run instead.", stacklevel=3)
+        first, skip_attention = None, False
     cells = _cells(model, component, per_position, n_pos)
+    vocab = task.metric_tokens  # the metric reads these logits only
     values = torch.empty(len(cells), dtype=inputs.resid[0].dtype)
     # a cell whose source slice equals the base slice bit for bit patches nothing
     noop = torch.tensor([c.pos is not None and (
@@ -284,27 +303,33 @@ def _patch_cells(
     with torch.no_grad(), bar:
         for chunk, begin in _chunks(todo, tokens_per_pass, n, n_pos, first):
             layer, copies = chunk[0].layer, len(chunk)
+            site = Site.parse(sites[layer])
             patch = _patcher(chunk, source_cache[sites[layer]], n, begin)
-            hooks = {}
-            if component == "mlp" and layer + 1 < n_layers:
+            base_here = _stacked(base_cache[sites[layer]][:, begin:], copies)
+            resid, hooks, attn_out = base_here, {}, None
+            if component != "resid":
+                resid = _stacked(inputs.resid[layer][:, begin:], copies)
+            if component == "resid":
+                resid = patch(base_here, site)
+            elif component == "mlp" and layer + 1 < n_layers:
                 # an MLP output only adds to the residual leaving its block: start one block later
                 # with the difference added (block `layer` itself would not change elsewhere)
-                mlp_base = base_cache[sites[layer]][:, begin:].repeat(copies, 1, 1)
                 layer += 1
-                resid = inputs.resid[layer][:, begin:].repeat(copies, 1, 1)
-                resid = resid + patch(mlp_base, Site.parse(sites[layer - 1])) - mlp_base
-            else:
-                resid = inputs.resid[layer][:, begin:].repeat(copies, 1, 1)
-                if component == "resid":
-                    resid = patch(resid, Site.parse(sites[layer]))
-                else:
-                    hooks = {sites[layer]: patch}
+                resid = (_stacked(inputs.resid[layer][:, begin:], copies)
+                         + patch(base_here, site) - base_here)
+            elif component == "mlp" or not skip_attention:
+                hooks = {site: patch}
+            else:  # the patched attention's output, given: that attention is not run
+                attn_out = patch(base_here, site)
+                if component == "heads":
+                    attn_out = model.attention_output(layer, attn_out)
             stop = None if blocks is None or layer + blocks >= n_layers else layer + blocks
             with model.hooks(hooks):
                 out = model.forward_from(layer, resid, inputs, start=begin, stop=stop,
-                                         positions=task.last_positions(copies))
+                                         positions=task.last_positions(copies), vocab=vocab,
+                                         attn_out=attn_out)
             if stop is None:
-                computed[done:done + copies] = task.logit_diff(out, per_copy=True)
+                computed[done:done + copies] = task.logit_diff(out, per_copy=True, vocab=vocab)
             else:  # grad . delta at the residual entering block `stop`, per copy
                 delta = out.view(copies, n, *out.shape[1:]) - inputs.resid[stop][:, begin:]
                 change = (delta * grads[stop][:, begin:]).flatten(1).sum(-1)

@@ -70,7 +70,13 @@ class Task:
         """Index of each prompt's last token, repeated for ``copies`` stacked copies."""
         return (self.lengths - 1).repeat(copies)
 
-    def logit_diff(self, logits: Tensor, *, per_copy: bool = False) -> Tensor:
+    @property
+    def metric_tokens(self) -> Tensor:
+        """The token ids the metric reads (sorted): logits of other tokens are not needed."""
+        return torch.unique(torch.cat([self.answer, self.wrong]))
+
+    def logit_diff(self, logits: Tensor, *, per_copy: bool = False,
+                   vocab: Tensor | None = None) -> Tensor:
         """Mean of ``logit(answer) - logit(wrong)`` at each prompt's last token.
 
         Parameters
@@ -79,6 +85,9 @@ class Task:
             Full logits, or logits already taken at the last positions.
         per_copy : bool
             Return one mean per stacked copy (shape ``(copies,)``) instead of a scalar.
+        vocab : Tensor, optional
+            The token ids the last axis of ``logits`` holds, when it holds only
+            :attr:`metric_tokens` (or a sorted superset of them) instead of the whole vocabulary.
         """
         n = len(self)
         copies = logits.shape[0] // n
@@ -87,8 +96,14 @@ class Task:
         rows = torch.arange(copies * n, device=logits.device)
         if logits.ndim == 3:
             logits = logits[rows, self.last_positions(copies).to(logits.device)]
-        answer = self.answer.repeat(copies).to(logits.device)
-        wrong = self.wrong.repeat(copies).to(logits.device)
+        answer, wrong = self.answer, self.wrong
+        if vocab is not None:
+            at = torch.searchsorted(vocab, torch.cat([answer, wrong])).clamp(max=len(vocab) - 1)
+            if not torch.equal(vocab[at], torch.cat([answer, wrong])):
+                raise TaskError("logit_diff(vocab=...) must hold every answer and wrong token.")
+            answer, wrong = at[:n], at[n:]
+        answer = answer.repeat(copies).to(logits.device)
+        wrong = wrong.repeat(copies).to(logits.device)
         diff = logits[rows, answer] - logits[rows, wrong]
         means = diff.view(copies, n).mean(1)
         return means if per_copy else means.mean()

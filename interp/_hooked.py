@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ._errors import InterpError, ShapeError, UnknownSiteError, did_you_mean
 from ._site import Site, SiteLike
@@ -153,6 +154,7 @@ class HookedModel:
     """
 
     model: nn.Module
+    _live_sites: tuple[Site, ...] = ()  # sites with a hook of this wrapper on them now
 
     # -- to be provided -------------------------------------------------------------------------
 
@@ -212,12 +214,15 @@ class HookedModel:
         """Register functions of the *full* hooked tensor; remove them (and switches) on exit."""
         handles: list[torch.utils.hooks.RemovableHandle] = []
         flags = frozenset().union(*(b.flags for _, b, _ in fns)) if fns else frozenset()
+        outer = self._live_sites
         with self._switches(flags):
             try:
                 for site, binding, fn in fns:
                     handles.append(_register(binding, site, fn))
+                self._live_sites = outer + tuple(site for site, _, _ in fns)
                 yield
             finally:
+                self._live_sites = outer
                 for handle in reversed(handles):
                     handle.remove()
 
@@ -415,6 +420,48 @@ def _inject_kv(bridge: nn.Module, layers: Iterable[int], cache: _PrefixKV) -> li
 
     return [bridge.blocks[i].attn.register_forward_pre_hook(inject, with_kwargs=True)
             for i in layers]
+
+
+class _Returning:
+    """Makes a module return a given value without computing anything (its hooks still run);
+    ``remove()`` undoes it, like a hook's handle. ``called``: whether the module was called."""
+
+    def __init__(self, module: nn.Module, value: Any) -> None:
+        self.module, self.called = module, False
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            self.called = True
+            return value
+
+        # on the instance itself: bridge components forward attribute sets to the module they wrap
+        object.__setattr__(module, "forward", forward)
+
+    def remove(self) -> None:
+        self.module.__dict__.pop("forward", None)
+
+
+def _returning(module: nn.Module, value: Any) -> _Returning:
+    return _Returning(module, value)
+
+
+def _mlp_at_rows(mlp: nn.Module, positions: Tensor) -> list[Any]:
+    """Make a block's MLP compute one position per row (it acts on each position alone); the
+    other positions of its output are zero, for a pass that reads only these positions."""
+    shape: list[torch.Size] = []
+
+    def gather(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        shape[:] = [x.shape]
+        rows = torch.arange(x.shape[0], device=x.device)
+        return (x[rows, positions.to(x.device)][:, None], *args[1:])
+
+    def scatter(module: nn.Module, args: Any, out: Tensor) -> Tensor:
+        full = out.new_zeros(*shape[0][:2], out.shape[-1])
+        rows = torch.arange(full.shape[0], device=full.device)
+        full[rows, positions.to(full.device)] = out[:, 0]
+        return full
+
+    return [mlp.register_forward_pre_hook(gather), mlp.register_forward_hook(scatter)]
 
 
 def _from_position(obj: Any, start: int, n_pos: int) -> Any:
@@ -635,6 +682,8 @@ class TransformerModel(HookedModel):
         positions: Tensor | None = None,
         start: int = 0,
         stop: int | None = None,
+        vocab: Tensor | None = None,
+        attn_out: Tensor | None = None,
     ) -> Tensor:
         """Run blocks ``layer..`` on a residual, then the final norm and unembedding.
 
@@ -649,7 +698,8 @@ class TransformerModel(HookedModel):
             From :meth:`block_inputs` on the batch.
         positions : Tensor of shape (copies * batch,), optional
             Unembed only these (absolute) positions, one per row: the metric rarely needs the
-            rest. Each must be ``>= start``.
+            rest. Each must be ``>= start``. The last block (when it is not the first one run and
+            no hook of this model is on it) then computes its MLP at these positions only.
         start : int
             Compute only positions ``start..``: the earlier ones are those of the recorded run
             (a causal model cannot change them), and their keys and values are read from it.
@@ -657,6 +707,12 @@ class TransformerModel(HookedModel):
         stop : int, optional
             Run blocks ``layer..stop-1`` only and return the residual entering block ``stop``
             (no unembedding; ``positions`` is ignored).
+        vocab : Tensor, optional
+            Unembed only these token ids: the last axis of the logits holds them, in this order.
+        attn_out : Tensor of shape (copies * batch, pos - start, d_model), optional
+            What the attention of block ``layer`` outputs, computed by the caller (e.g. with
+            :meth:`attention_output` from patched head outputs): that attention is not run, and
+            hooks inside it do not fire.
 
         Returns
         -------
@@ -681,6 +737,14 @@ class TransformerModel(HookedModel):
             prefix = {i: tuple(_tile(t[..., :start, :], inputs.batch, copies) for t in kv)
                       for i, kv in inputs.kv.items() if layer <= i < end}
             handles = _inject_kv(self.bridge, range(layer, end), _PrefixKV(prefix))
+        last = self.bridge.blocks[end - 1]
+        if (stop is None and positions is not None and end - 1 > layer
+                and not any(s.layer == end - 1 for s in self._live_sites)):
+            handles += _mlp_at_rows(last.mlp, positions - start)
+        given = None
+        if attn_out is not None:
+            given = _returning(self.bridge.blocks[layer].attn, (attn_out, None))
+            handles.append(given)
         h = resid
         try:
             for i in range(layer, end):
@@ -692,11 +756,31 @@ class TransformerModel(HookedModel):
         finally:
             for handle in handles:
                 handle.remove()
+        if given is not None and not given.called:
+            raise InterpError(f"Block {layer} did not call its attention module, so the attention "
+                              "output given to forward_from was not used.")
         if stop is not None:
             return h
         if positions is not None:
             h = h[torch.arange(h.shape[0], device=h.device), positions - start]
-        return self.bridge.unembed(self.bridge.ln_final(h))
+        return self.unembed(self.bridge.ln_final(h), vocab)
+
+    def attention_output(self, layer: int, z: Tensor) -> Tensor:
+        """The output of block ``layer``'s attention for given head outputs ``z`` (batch, pos,
+        head, d_head), as site ``a{layer}.z`` holds them: its output projection."""
+        return self.bridge.blocks[layer].attn.o(z.flatten(-2))
+
+    def unembed(self, x: Tensor, vocab: Tensor | None = None) -> Tensor:
+        """Logits of a normalised final residual, for every token or only the ids in ``vocab``
+        (the same numbers, without computing the others)."""
+        head = self.bridge.unembed.original_component
+        if vocab is None:
+            return self.bridge.unembed(x)
+        if not isinstance(head, nn.Linear):
+            return self.bridge.unembed(x)[..., vocab.to(x.device)]
+        vocab = vocab.to(head.weight.device)
+        bias = None if head.bias is None else head.bias[vocab]
+        return F.linear(x, head.weight[vocab], bias)
 
     # -- sites ------------------------------------------------------------------------------------
 

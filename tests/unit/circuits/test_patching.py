@@ -112,22 +112,47 @@ def test_lookahead_is_exact_blocks_then_the_gradient(tiny, component) -> None:
         lookahead_patching(tiny, task, component, blocks=0)
 
 
-@pytest.mark.parametrize("broken", ["unsliced", "shifted"])
-def test_prefix_reuse_falls_back_when_it_is_not_exact(tiny_llama, monkeypatch, broken) -> None:
-    """If restarting at a later position does not reproduce the model's logits (here: the
-    per-position block arguments are left whole, or shifted), patching warns and recomputes
-    every position; results stay exact."""
+@pytest.mark.parametrize("broken", ["unsliced", "shifted", "attention"])
+def test_shortcuts_fall_back_when_they_are_not_exact(tiny_llama, monkeypatch, broken) -> None:
+    """If restarting at a later position, or handing a block its attention output instead of
+    running the attention, does not reproduce the model's logits (here: the per-position block
+    arguments are left whole or shifted; the attention output handed over in a form the block
+    reads wrongly), patching warns and runs everything; results stay exact."""
     import interp._hooked as hooked
 
     task = ioi_task(tiny_llama, 3, seed=5, template_ids=[0])
-    expected = activation_patching(tiny_llama, task, "resid", per_position=True, progress=False)
-    original = hooked._from_position
-    wrong = {"unsliced": lambda obj, start, n_pos: obj,
-             "shifted": lambda obj, start, n_pos: original(obj, max(start - 1, 0), n_pos - 1)}
-    monkeypatch.setattr(hooked, "_from_position", wrong[broken])
+    component = "heads" if broken == "attention" else "resid"
+    expected = activation_patching(tiny_llama, task, component, per_position=True,
+                                   progress=False)
+    if broken == "attention":
+        original = hooked._returning
+        monkeypatch.setattr(hooked, "_returning",
+                            lambda module, value: original(module, (value[0] * 0.5, None)))
+    else:
+        original = hooked._from_position
+        wrong = {"unsliced": lambda obj, start, n_pos: obj,
+                 "shifted": lambda obj, start, n_pos: original(obj, max(start - 1, 0), n_pos - 1)}
+        monkeypatch.setattr(hooked, "_from_position", wrong[broken])
     with pytest.warns(UserWarning, match="every position is recomputed"):
-        ours = activation_patching(tiny_llama, task, "resid", per_position=True, progress=False)
+        ours = activation_patching(tiny_llama, task, component, per_position=True,
+                                   progress=False)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_forward_from_reads_only_what_is_asked(tiny) -> None:
+    """Unembedding only some positions and token ids gives the same logits as the full pass;
+    a hook on the last block still sees every position (its MLP is then not narrowed)."""
+    task = ioi_task(tiny, 4, seed=3)  # mixed lengths: one read position per row
+    logits, inputs = tiny.block_inputs(task.corrupt, keep_kv=True)
+    rows, last = torch.arange(len(task)), task.last_positions()
+    vocab = torch.tensor([3, 5, 11])
+    out = tiny.forward_from(0, inputs.resid[0], inputs, positions=last, vocab=vocab)
+    torch.testing.assert_close(out, logits[rows, last][:, vocab], atol=1e-5, rtol=0)
+    shapes = []
+    top = tiny.spec.n_layers - 1
+    with tiny.hooks({f"m{top}": lambda x, site: shapes.append(x.shape)}):
+        tiny.forward_from(0, inputs.resid[0], inputs, positions=last)
+    assert shapes == [logits.shape[:2] + (tiny.spec.d_model,)]
 
 
 def test_bad_arguments(tiny_gpt2) -> None:
