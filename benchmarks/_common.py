@@ -14,8 +14,12 @@ from circuits import ioi_task, task_from_pairs
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(result, seconds), waiting for the GPU's queued work where there is one."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     start = time.perf_counter()
     out = fn()
+    sync()
     return out, time.perf_counter() - start
 
 
@@ -42,8 +46,13 @@ def parser(description: str, model: str = "smollm2-135m", n_prompts: int = 8):
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default=model)
     p.add_argument("--n-prompts", type=int, default=n_prompts)
+    p.add_argument("--device", default=None, help="e.g. cuda (default: the CPU)")
     return p
 
 
+def load(args: argparse.Namespace) -> interp.TransformerModel:
+    return interp.load_model(args.model, device=args.device)
+
+
 def ioi(model: interp.TransformerModel, n: int):
-    return ioi_task(model, n, seed=0, template_ids=[0])
+    return ioi_task(model, n, seed=0, template_ids=[0]).to(model.device)

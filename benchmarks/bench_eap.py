@@ -7,7 +7,7 @@ scores are per position; they are summed over positions to compare with ours.
 from __future__ import annotations
 
 import torch
-from _common import fixed_name_task, parser, timed
+from _common import fixed_name_task, load, parser, timed
 from transformer_lens.tools.analysis.attribution_patching import (
     EdgeAttributionConfig,
     attribution_patch,
@@ -30,8 +30,9 @@ def our_name(node) -> tuple[str, str]:
 
 def main() -> None:
     args = parser(__doc__, model="gpt2-shaped", n_prompts=4).parse_args()
-    model = interp.load_model(args.model)
-    task = fixed_name_task(model, args.n_prompts)
+    model = load(args)
+    task = fixed_name_task(model, args.n_prompts).to(model.device)
+    model(task.clean)  # warm-up
     print(f"model {model.spec.name}: {model.spec.n_layers} layers x {model.spec.n_heads} heads; "
           f"{len(task)} prompt pairs of {task.clean.shape[1]} tokens")
 
@@ -52,7 +53,7 @@ def main() -> None:
     for (writer, reader), score in theirs.edge_scores.items():
         src, (dst, port) = our_name(writer)[0], our_name(reader)
         name = f"{src}->{dst}<{port}>" if port else f"{src}->{dst}"
-        summed[name] = summed.get(name, 0.0) + score
+        summed[name] = summed.get(name, 0.0) + float(score)
     index = ours._edge_index()
     a = torch.tensor([summed[n] for n in summed])
     b = torch.stack([ours.edge_scores[index[n]] for n in summed]).double()

@@ -6,7 +6,7 @@ Prints the time of each, the ratio, and the largest difference between their res
 from __future__ import annotations
 
 import torch
-from _common import ioi, parser, timed
+from _common import ioi, load, parser, timed
 from transformer_lens import patching as tl_patching
 
 import interp
@@ -18,7 +18,7 @@ def main() -> None:
     p.add_argument("--skip-block-every", action="store_true",
                    help="Skip get_act_patch_block_every (slow on TransformerLens' side).")
     args = p.parse_args()
-    model = interp.load_model(args.model)
+    model = load(args)
     task = ioi(model, args.n_prompts)
     print(f"model {model.spec.name}: {model.spec.n_layers} layers x {model.spec.n_heads} heads; "
           f"{len(task)} prompt pairs of {task.clean.shape[1]} tokens")

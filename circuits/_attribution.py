@@ -80,7 +80,8 @@ def _gradients(
     if ig_steps > 1:
         _, emb = model.run_with_cache(source, ["input"])
         _, base_emb = model.run_with_cache(base, ["input"])
-        alphas = torch.arange(ig_steps, dtype=base_emb["input"].dtype) / ig_steps
+        alphas = torch.arange(ig_steps, dtype=base_emb["input"].dtype,
+                              device=base_emb["input"].device) / ig_steps
         path = base_emb["input"][None] + alphas[:, None, None, None] * (
             emb["input"] - base_emb["input"])[None]
         path = path.flatten(0, 1)
@@ -201,11 +202,11 @@ def _edge_matrix(
             grad = grads[g.site] if g.per_head else grads[g.site][:, :, None]
             grad = grad.permute(2, 0, 1, 3).reshape(len(g.index), -1)
             block = grad @ flat[:, : g.n_prior]
-            edges[list(g.index), : g.n_prior] += weight * block.double()
+            edges[list(g.index), : g.n_prior] += weight * block.double().cpu()
         for g in layout.writer_groups:
             grad = grads[g.site] if g.per_head else grads[g.site][:, :, None]
             delta = deltas[:, :, list(g.index)]
-            nodes[list(g.index)] += weight * (delta.double() * grad.double()).sum((0, 1, 3))
+            nodes[list(g.index)] += weight * (delta.double() * grad.double()).sum((0, 1, 3)).cpu()
     return edges, nodes
 
 

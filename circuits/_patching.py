@@ -213,7 +213,7 @@ def _shortcuts_exact(model: TransformerModel, inputs: Any, first: int, task: Tas
                 attn_out=None if attn_out is None else attn_out[:, first:])
     except (RuntimeError, ValueError, IndexError, TypeError):  # shapes that do not fit
         return False
-    rows = torch.arange(len(task))
+    rows = torch.arange(len(task), device=base_logits.device)
     expected = base_logits[rows, task.last_positions()][:, vocab]
     return bool(torch.allclose(again, expected, atol=1e-4 * float(expected.abs().max()), rtol=0))
 
@@ -290,14 +290,16 @@ def _patch_cells(
         first, skip_attention = None, False
     cells = _cells(model, component, per_position, n_pos)
     vocab = task.metric_tokens  # the metric reads these logits only
-    values = torch.empty(len(cells), dtype=inputs.resid[0].dtype)
+    device = inputs.resid[0].device
+    values = torch.empty(len(cells), dtype=inputs.resid[0].dtype, device=device)
     # a cell whose source slice equals the base slice bit for bit patches nothing
     noop = torch.tensor([c.pos is not None and (
         c.pos < same_until or torch.equal(_slice(source_cache[sites[c.layer]], c),
-                                          _slice(base_cache[sites[c.layer]], c))) for c in cells])
+                                          _slice(base_cache[sites[c.layer]], c))) for c in cells],
+                        device=device)
     values[noop] = m_base
     todo = [c for c, skip in zip(cells, noop.tolist(), strict=True) if not skip]
-    computed = torch.empty(len(todo), dtype=values.dtype)
+    computed = torch.empty(len(todo), dtype=values.dtype, device=device)
     done = 0
     bar = progress_bar(total=len(todo), desc=f"patching {component}", progress=progress)
     with torch.no_grad(), bar:

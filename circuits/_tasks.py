@@ -16,7 +16,7 @@ import json
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +108,14 @@ class Task:
         means = diff.view(copies, n).mean(1)
         return means if per_copy else means.mean()
 
+    def to(self, device: str | torch.device) -> Task:
+        """The task with its token tensors on ``device`` (that of the model it is run on)."""
+        return replace(self, **{f: getattr(self, f).to(device)
+                                for f in ("clean", "corrupt", "lengths", "answer", "wrong")})
+
     def subset(self, index: Sequence[int] | slice) -> Task:
         """The task restricted to some prompts."""
-        idx = torch.arange(len(self))[index]
+        idx = torch.arange(len(self), device=self.clean.device)[index]
         keep = idx.tolist()
         return Task(
             self.name, self.clean[idx], self.corrupt[idx], self.lengths[idx], self.answer[idx],

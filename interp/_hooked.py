@@ -606,6 +606,11 @@ class TransformerModel(HookedModel):
             tokens = self.to_tokens(tokens)[0]
         return [self.tokenizer.decode([int(t)]) for t in tokens.reshape(-1)]
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (token ids given to it are moved there)."""
+        return next(self.bridge.parameters()).device
+
     def _prepare(self, inputs: Any) -> Any:
         if isinstance(inputs, str) or (
             isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], str)
@@ -620,7 +625,7 @@ class TransformerModel(HookedModel):
                 raise ShapeError(
                     f"Expected token ids of shape (batch, pos), got {tuple(inputs.shape)}."
                 )
-            return inputs
+            return inputs.to(self.device)
         raise InterpError(
             f"Model inputs must be a prompt, a list of prompts or token ids; got {type(inputs).__name__}."
         )
