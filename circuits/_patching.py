@@ -66,21 +66,38 @@ def _cells(model: TransformerModel, component: str, per_position: bool, n_pos: i
             for pos in positions for head in heads]
 
 
-def _chunks(cells: list[_Cell], tokens_per_pass: int, n: int, n_pos: int,
-            first: int | None) -> Iterator[tuple[list[_Cell], int]]:
+MIN_TOKENS_PER_PASS = 128  # below this, a pass costs more in overhead than a group wastes
+GROUP_NEED = 0.8  # a cell joins a group if it needs this share of the positions it computes
+
+
+def _chunks(cells: list[_Cell], tokens_per_pass: int, n: int, n_pos: int, first: int | None,
+            last_read: int) -> Iterator[tuple[list[_Cell], int]]:
     """Consecutive cells of one layer that fit a pass, each group with the first position it
-    must compute: a patch at position p (or anywhere, but equal to the base run before
-    ``first``) cannot change earlier positions of a causal model. ``first=None``: compute
-    every position."""
+    must compute.
+
+    A patch at position p cannot change earlier positions of a causal model; a patch at every
+    position cannot change those before ``first``, where base and source agree
+    (``first=None``: compute every position). No position after ``last_read`` (the shortest
+    prompt's last) is skipped. A group starts where its first cell does, so it takes further
+    cells only while they need at least 4/5 of the positions it computes (or the pass is
+    small)."""
+
+    def begin(cell: _Cell) -> int:
+        if first is None:
+            return 0
+        return first if cell.pos is None else min(cell.pos, last_read)
+
     start = 0
     while start < len(cells):
-        pos = cells[start].pos
-        begin = 0 if first is None else min(first, first if pos is None else pos)
-        per_pass = max(1, tokens_per_pass // (n * (n_pos - begin)))
+        computed = n_pos - begin(cells[start])
+        per_pass = max(1, tokens_per_pass // (n * computed))
         end = start + 1
-        while end < len(cells) and end - start < per_pass and cells[end].layer == cells[start].layer:
+        while (end < len(cells) and end - start < per_pass
+               and cells[end].layer == cells[start].layer
+               and (n_pos - begin(cells[end]) >= GROUP_NEED * computed
+                    or (end - start) * n * computed < MIN_TOKENS_PER_PASS)):
             end += 1
-        yield cells[start:end], begin
+        yield cells[start:end], begin(cells[start])
         start = end
 
 
@@ -273,7 +290,8 @@ def _patch_cells(
     # alone. No metric is read before the shortest prompt's last position.
     differs = (base != source).any(0).nonzero()
     same_until = int(differs[0]) if len(differs) else n_pos
-    first: int | None = min(same_until, int(task.lengths.min()) - 1)
+    last_read = int(task.lengths.min()) - 1
+    first: int | None = min(same_until, last_read)
     # heads and attention outputs: the patched attention's output is computed from the cache
     # and handed to the block, instead of running that attention
     skip_attention = component in ("heads", "attn")
@@ -303,7 +321,7 @@ def _patch_cells(
     done = 0
     bar = progress_bar(total=len(todo), desc=f"patching {component}", progress=progress)
     with torch.no_grad(), bar:
-        for chunk, begin in _chunks(todo, tokens_per_pass, n, n_pos, first):
+        for chunk, begin in _chunks(todo, tokens_per_pass, n, n_pos, first, last_read):
             layer, copies = chunk[0].layer, len(chunk)
             site = Site.parse(sites[layer])
             patch = _patcher(chunk, source_cache[sites[layer]], n, begin)
