@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -29,7 +29,8 @@ from interp._progress import progress_bar
 
 from ._tasks import Task
 
-__all__ = ["COMPONENTS", "activation_patching", "base_and_source", "lookahead_patching"]
+__all__ = ["COMPONENTS", "activation_patching", "base_and_source", "lookahead_patching",
+           "patching_costs"]
 
 Component = Literal["heads", "attn", "mlp", "resid"]
 Direction = Literal["denoising", "noising"]
@@ -66,39 +67,85 @@ def _cells(model: TransformerModel, component: str, per_position: bool, n_pos: i
             for pos in positions for head in heads]
 
 
-MIN_TOKENS_PER_PASS = 128  # below this, a pass costs more in overhead than a group wastes
+MIN_TOKENS_PER_PASS = 128  # a smaller pass costs more in overhead than a group wastes
 GROUP_NEED = 0.8  # a cell joins a group if it needs this share of the positions it computes
 
 
-def _chunks(cells: list[_Cell], tokens_per_pass: int, n: int, n_pos: int, first: int | None,
-            last_read: int) -> Iterator[tuple[list[_Cell], int]]:
-    """Consecutive cells of one layer that fit a pass, each group with the first position it
-    must compute.
+@dataclass(frozen=True)
+class _Prefix:
+    """What a patched pass may skip. Base and source agree before ``same_until``; the metric
+    reads no position before ``last_read`` (the shortest prompt's last). ``first``: where a
+    patch at every position may start computing (``None``: nothing is skipped)."""
 
-    A patch at position p cannot change earlier positions of a causal model; a patch at every
-    position cannot change those before ``first``, where base and source agree
-    (``first=None``: compute every position). No position after ``last_read`` (the shortest
-    prompt's last) is skipped. A group starts where its first cell does, so it takes further
-    cells only while they need at least 4/5 of the positions it computes (or the pass is
-    small)."""
+    same_until: int
+    last_read: int
+    first: int | None
 
-    def begin(cell: _Cell) -> int:
-        if first is None:
+    @classmethod
+    def of(cls, task: Task, base: Tensor, source: Tensor) -> _Prefix:
+        differs = (base != source).any(0).nonzero()
+        same_until = int(differs[0]) if len(differs) else base.shape[1]
+        last_read = int(task.lengths.min()) - 1
+        return cls(same_until, last_read, min(same_until, last_read))
+
+    def noop(self, cell: _Cell) -> bool:
+        """A patch at a position where base and source agree changes nothing."""
+        return cell.pos is not None and cell.pos < self.same_until
+
+    def begin(self, cell: _Cell) -> int:
+        """The first position a cell's pass computes: a patch at position p cannot change
+        earlier positions of a causal model, one at every position none before ``first``."""
+        if self.first is None:
             return 0
-        return first if cell.pos is None else min(cell.pos, last_read)
+        return self.first if cell.pos is None else min(cell.pos, self.last_read)
 
+
+def _start_layer(cell: _Cell, component: str, n_layers: int) -> int:
+    """The block a cell's pass starts at: an MLP output only adds to the residual leaving its
+    block, so that pass starts one block later (but for the last block)."""
+    return cell.layer + 1 if component == "mlp" and cell.layer + 1 < n_layers else cell.layer
+
+
+def _chunks(cells: list[_Cell], tokens_per_pass: int, n: int, n_pos: int,
+            prefix: _Prefix) -> Iterator[tuple[list[_Cell], int]]:
+    """Consecutive cells of one layer that fit a pass, each group with the first position it
+    computes (that of its first cell). A group takes further cells only while they need at
+    least ``GROUP_NEED`` of the positions it computes (or the pass is small)."""
     start = 0
     while start < len(cells):
-        computed = n_pos - begin(cells[start])
+        computed = n_pos - prefix.begin(cells[start])
         per_pass = max(1, tokens_per_pass // (n * computed))
         end = start + 1
         while (end < len(cells) and end - start < per_pass
                and cells[end].layer == cells[start].layer
-               and (n_pos - begin(cells[end]) >= GROUP_NEED * computed
+               and (n_pos - prefix.begin(cells[end]) >= GROUP_NEED * computed
                     or (end - start) * n * computed < MIN_TOKENS_PER_PASS)):
             end += 1
-        yield cells[start:end], begin(cells[start])
+        yield cells[start:end], prefix.begin(cells[start])
         start = end
+
+
+def patching_costs(model: TransformerModel, task: Task, component: Component = "heads", *,
+                   per_position: bool = False, direction: Direction = "denoising") -> Tensor:
+    """The work of patching each cell exactly as :func:`activation_patching` does it: blocks
+    run times positions computed (0 for cells that need no pass), in its result's shape.
+
+    Examples
+    --------
+    >>> model = load_model("tiny-gpt2")
+    >>> task = ioi_task(model, 4, template_ids=[0])
+    >>> costs = patching_costs(model, task, "resid", per_position=True)
+    >>> bool(costs[0].sum() > costs[1].sum())  # layer 0's passes run both blocks
+    True
+    """
+    base, source = base_and_source(task, direction)
+    n_pos, n_layers = base.shape[1], model.spec.n_layers
+    prefix = _Prefix.of(task, base, source)
+    costs = [0 if prefix.noop(c) else
+             (n_layers - _start_layer(c, component, n_layers)) * (n_pos - prefix.begin(c))
+             for c in _cells(model, component, per_position, n_pos)]
+    return _shaped(torch.tensor(costs, dtype=torch.float64), model, component, per_position,
+                   n_pos)
 
 
 def _slice(activation: Tensor, cell: _Cell) -> Tensor:
@@ -261,9 +308,11 @@ def _patch_cells(
     *,
     blocks: int | None = None,
     gradient_rules: Callable[[TransformerModel], Any] | None = None,
+    only: Tensor | None = None,
 ) -> Tensor:
     """The metric of every cell's patched run: exact, or with ``blocks`` exact blocks and the
-    base run's gradient after them."""
+    base run's gradient after them. ``only``: a mask of the cells to compute (in the result's
+    shape); the others are NaN."""
     if component not in COMPONENTS:
         raise InterpError(f"component must be one of {list(COMPONENTS)}; got {component!r}.")
     if tokens_per_pass < 1:
@@ -288,10 +337,7 @@ def _patch_cells(
     # Before the first token where base and source differ, both runs hold the same
     # activations: patching there changes nothing, and a patch anywhere leaves those positions
     # alone. No metric is read before the shortest prompt's last position.
-    differs = (base != source).any(0).nonzero()
-    same_until = int(differs[0]) if len(differs) else n_pos
-    last_read = int(task.lengths.min()) - 1
-    first: int | None = min(same_until, last_read)
+    prefix = _Prefix.of(task, base, source)
     # heads and attention outputs: the patched attention's output is computed from the cache
     # and handed to the block, instead of running that attention
     skip_attention = component in ("heads", "attn")
@@ -299,29 +345,33 @@ def _patch_cells(
     if component == "heads":
         with torch.no_grad():
             attn_out = model.attention_output(0, attn_out)
-    if (first or skip_attention) and not _shortcuts_exact(model, inputs, first or 0, task,
-                                                          base_logits, attn_out):
+    if ((prefix.first or skip_attention)
+            and not _shortcuts_exact(model, inputs, prefix.first, task, base_logits, attn_out)):
         warnings.warn(f"Restarting {model.spec.name} at a later position, or with a given "
                       "attention output, did not reproduce its logits (an attention or "
                       "position-embedding layout this toolkit does not know); every position "
                       "is recomputed and every attention run instead.", stacklevel=3)
-        first, skip_attention = None, False
+        prefix, skip_attention = replace(prefix, first=None), False
     cells = _cells(model, component, per_position, n_pos)
     vocab = task.metric_tokens  # the metric reads these logits only
     device = inputs.resid[0].device
     values = torch.empty(len(cells), dtype=inputs.resid[0].dtype, device=device)
     # a cell whose source slice equals the base slice bit for bit patches nothing
     noop = torch.tensor([c.pos is not None and (
-        c.pos < same_until or torch.equal(_slice(source_cache[sites[c.layer]], c),
+        prefix.noop(c) or torch.equal(_slice(source_cache[sites[c.layer]], c),
                                           _slice(base_cache[sites[c.layer]], c))) for c in cells],
                         device=device)
     values[noop] = m_base
-    todo = [c for c, skip in zip(cells, noop.tolist(), strict=True) if not skip]
+    wanted = ~noop
+    if only is not None:
+        wanted &= only.flatten().to(device=device, dtype=torch.bool)
+        values[~noop & ~wanted] = float("nan")
+    todo = [c for c, want in zip(cells, wanted.tolist(), strict=True) if want]
     computed = torch.empty(len(todo), dtype=values.dtype, device=device)
     done = 0
     bar = progress_bar(total=len(todo), desc=f"patching {component}", progress=progress)
     with torch.no_grad(), bar:
-        for chunk, begin in _chunks(todo, tokens_per_pass, n, n_pos, first, last_read):
+        for chunk, begin in _chunks(todo, tokens_per_pass, n, n_pos, prefix):
             layer, copies = chunk[0].layer, len(chunk)
             site = Site.parse(sites[layer])
             patch = _patcher(chunk, source_cache[sites[layer]], n, begin)
@@ -331,9 +381,8 @@ def _patch_cells(
                 resid = _stacked(inputs.resid[layer][:, begin:], copies)
             if component == "resid":
                 resid = patch(base_here, site)
-            elif component == "mlp" and layer + 1 < n_layers:
-                # an MLP output only adds to the residual leaving its block: start one block later
-                # with the difference added (block `layer` itself would not change elsewhere)
+            elif _start_layer(chunk[0], component, n_layers) > layer:
+                # the MLP output's difference is added to the residual leaving its block
                 layer += 1
                 resid = (_stacked(inputs.resid[layer][:, begin:], copies)
                          + patch(base_here, site) - base_here)
@@ -356,5 +405,5 @@ def _patch_cells(
                 computed[done:done + copies] = m_base + change
             done += copies
             bar.update(copies)
-    values[~noop] = computed
+    values[wanted] = computed
     return values
