@@ -21,6 +21,7 @@ from circuits import (
     faithfulness,
     ioi_task,
     lookahead_patching,
+    refined_patching,
 )
 from circuits._patching import COMPONENTS
 
@@ -83,12 +84,19 @@ def _site_ig(steps: int, rules: str | None = None):
     return estimate
 
 
+def _refined(estimate: str, budget: float):
+    """``estimate`` for every cell, then exact patching of the largest for their cost."""
+    return lambda model, task, c, pp: refined_patching(
+        model, task, c, budget=budget, estimate=estimate, per_position=pp, progress=False).values
+
+
 ESTIMATORS = [
     ("atp", _atp()), ("relp", _atp("relp")), ("relp-ah", _atp("relp-ah")),
     ("attnlrp", _atp("attnlrp")), ("atp-ig5", _atp(None, 5)), ("relp-ig5", _atp("relp", 5)),
     ("look1", _lookahead(1)), ("look2-ah", _lookahead(2, "relp-ah")),
     ("look4-ah", _lookahead(4, "relp-ah")), ("site-ig2", _site_ig(2)),
-    ("sig4-ah", _site_ig(4, "relp-ah")),
+    ("sig4-ah", _site_ig(4, "relp-ah")), ("ref5-ah", _refined("relp-ah", 0.05)),
+    ("ref7-ah", _refined("relp-ah", 0.075)), ("ref7-atp", _refined("atp", 0.075)),
 ]
 
 

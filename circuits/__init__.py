@@ -1,6 +1,7 @@
 """circuits: circuit discovery on top of the model layer.
 
-Tasks (:func:`ioi_task`, :func:`task_from_jsonl`), activation patching (:func:`activation_patching`),
+Tasks (:func:`ioi_task`, :func:`task_from_jsonl`), activation patching (:func:`activation_patching`;
+estimators between it and AtP: :func:`lookahead_patching`, :func:`refined_patching`),
 edge patching and faithfulness (:func:`edge_patching`, :func:`faithfulness`), the gradient
 methods AtP / EAP / EAP-IG (:func:`attribution_patching`, :func:`edge_attribution`,
 :func:`node_attribution`), and :func:`discover`, which looks methods up by name.
@@ -19,12 +20,14 @@ from ._edges import (
     prepare_edge_model,
 )
 from ._layout import GraphLayout
-from ._patching import activation_patching, lookahead_patching
+from ._patching import activation_patching, lookahead_patching, patching_costs
+from ._refined import Refined, refined_patching
 from ._tasks import Task, TaskError, ioi_task, task_from_jsonl, task_from_pairs
 
 __all__ = [
     "METHODS",
     "GraphLayout",
+    "Refined",
     "Task",
     "TaskError",
     "activation_patching",
@@ -38,8 +41,10 @@ __all__ = [
     "faithfulness_curve",
     "ioi_task",
     "node_attribution",
+    "patching_costs",
     "plot_faithfulness",
     "prepare_edge_model",
+    "refined_patching",
     "register_method",
     "task_from_jsonl",
     "task_from_pairs",

@@ -21,6 +21,7 @@ from interp._errors import did_you_mean
 from ._attribution import edge_attribution, node_attribution
 from ._edges import exact_edge_scores
 from ._patching import activation_patching, base_and_source, lookahead_patching
+from ._refined import refined_patching
 from ._tasks import Task
 
 __all__ = ["METHODS", "MethodEntry", "discover", "register_method"]
@@ -124,6 +125,20 @@ def _lookahead(model: TransformerModel, task: Task, level: str, *, blocks: int =
     return _node_graph(model, task, graph, lambda component, **kw: lookahead_patching(
         model, task, component, blocks=blocks, direction=direction, progress=progress,
         **{"per_position": False, **kw}, **options))
+
+
+@register_method("refined", levels=("node",),
+                 description="RelP-AH for every node, then exact patching of the largest for "
+                             "their cost until a budget is spent (default 0.075)")
+def _refined(model: TransformerModel, task: Task, level: str, *, budget: float = 0.075,
+             estimate: str = "relp-ah", direction: str = "denoising",
+             progress: bool | None = None, **options: Any) -> CircuitGraph:
+    graph = CircuitGraph.from_model(model, metric=task.metric_name, task=task.name,
+                                    meta={"direction": direction, "budget": budget,
+                                          "estimate": estimate})
+    return _node_graph(model, task, graph, lambda component, **kw: refined_patching(
+        model, task, component, budget=budget, estimate=estimate, direction=direction,
+        progress=progress, **{"per_position": False, **kw}, **options).values)
 
 
 def _node_graph(model: TransformerModel, task: Task, graph: CircuitGraph,

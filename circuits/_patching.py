@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from interp import InterpError, Site, TransformerModel
+from interp import InterpError, ShapeError, Site, TransformerModel
 from interp._progress import progress_bar
 
 from ._tasks import Task
@@ -182,6 +182,7 @@ def activation_patching(
     *,
     per_position: bool = False,
     direction: Direction = "denoising",
+    cells: Tensor | None = None,
     tokens_per_pass: int = DEFAULT_TOKENS_PER_PASS,
     progress: bool | None = None,
 ) -> Tensor:
@@ -197,6 +198,8 @@ def activation_patching(
     per_position : bool
         One cell per token position too (else all positions are patched at once).
     direction : {"denoising", "noising"}
+    cells : Tensor of bool, optional
+        Patch only these cells (a mask in the result's shape); the others are NaN.
     tokens_per_pass : int
         How many tokens (copies x prompts x positions) one forward pass may carry.
     progress : bool, optional
@@ -215,9 +218,12 @@ def activation_patching(
     >>> activation_patching(model, task, "heads").shape
     torch.Size([2, 4])
     """
+    shape = _result_shape(model, component, per_position, task.clean.shape[1])
+    if cells is not None and tuple(cells.shape) != shape:
+        raise ShapeError(f"cells must be a mask of shape {shape}; got {tuple(cells.shape)}.")
     values = _patch_cells(model, task, component, per_position, direction, tokens_per_pass,
-                          progress)
-    return _shaped(values, model, component, per_position, task.clean.shape[1])
+                          progress, only=cells)
+    return values.view(shape)
 
 
 def lookahead_patching(
@@ -287,14 +293,20 @@ def _stacked(x: Tensor, copies: int) -> Tensor:
     return x.repeat(copies, *[1] * (x.ndim - 1))
 
 
-def _shaped(values: Tensor, model: TransformerModel, component: str, per_position: bool,
-            n_pos: int) -> Tensor:
+def _result_shape(model: TransformerModel, component: str, per_position: bool,
+                  n_pos: int) -> tuple[int, ...]:
+    """(layer, [pos,] [head]): one value per cell."""
     shape: tuple[int, ...] = (model.spec.n_layers,)
     if per_position:
         shape += (n_pos,)
     if component == "heads":
         shape += (model.spec.n_heads,)
-    return values.view(shape)
+    return shape
+
+
+def _shaped(values: Tensor, model: TransformerModel, component: str, per_position: bool,
+            n_pos: int) -> Tensor:
+    return values.view(_result_shape(model, component, per_position, n_pos))
 
 
 def _patch_cells(

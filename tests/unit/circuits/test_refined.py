@@ -1,0 +1,117 @@
+"""Patching a subset of cells, the cost model of activation patching, and the two-stage
+(estimate, then exact) estimator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuits._patching as patching
+import interp
+from circuits import (
+    activation_patching,
+    attribution_patching,
+    discover,
+    ioi_task,
+    patching_costs,
+    refined_patching,
+)
+
+
+@pytest.fixture(scope="module")
+def mixed(tiny_llama):
+    return ioi_task(tiny_llama, 4, seed=3)  # right-padded prompts of several lengths
+
+
+@pytest.mark.parametrize("component", ["resid", "mlp", "heads"])
+def test_patching_some_cells_equals_those_cells_of_all(tiny_llama, mixed, component) -> None:
+    per_position = component != "heads"
+    full = activation_patching(tiny_llama, mixed, component, per_position=per_position,
+                               progress=False)
+    mask = torch.rand(full.shape, generator=torch.Generator().manual_seed(0)) < 0.3
+    some = activation_patching(tiny_llama, mixed, component, per_position=per_position,
+                               cells=mask, progress=False)
+    torch.testing.assert_close(some[mask], full[mask], atol=1e-5, rtol=0)
+    untouched = ~mask & (full != full[0, 0])  # cells before the first differing token are free
+    assert torch.isnan(some[untouched]).all()
+    with pytest.raises(interp.ShapeError, match="mask of shape"):
+        activation_patching(tiny_llama, mixed, component, per_position=per_position,
+                            cells=mask[0])
+
+
+@pytest.mark.parametrize("component", ["resid", "attn", "mlp"])
+def test_costs_count_what_the_engine_computes(tiny_llama, mixed, monkeypatch, component) -> None:
+    """Blocks x positions x copies summed over the forward passes activation patching runs
+    equals the summed cost model, when groups hold cells of one start position only (cells
+    whose clean and corrupted activations are bit-identical need no pass either)."""
+    monkeypatch.setattr(patching, "GROUP_NEED", 1.0)
+    monkeypatch.setattr(patching, "MIN_TOKENS_PER_PASS", 0)
+    n, n_layers = len(mixed), tiny_llama.spec.n_layers
+    work = []
+    original = type(tiny_llama).forward_from
+
+    def counting(self, layer, resid, inputs, **kwargs):
+        work.append((n_layers - layer) * resid.shape[1] * (resid.shape[0] // n))
+        return original(self, layer, resid, inputs, **kwargs)
+
+    monkeypatch.setattr(type(tiny_llama), "forward_from", counting)
+    activation_patching(tiny_llama, mixed, component, per_position=True, progress=False)
+    costs = patching_costs(tiny_llama, mixed, component, per_position=True)
+    sites = [patching.COMPONENTS[component].format(layer=layer) for layer in range(n_layers)]
+    clean = tiny_llama.run_with_cache(mixed.clean, sites)[1]
+    corrupt = tiny_llama.run_with_cache(mixed.corrupt, sites)[1]
+    same = torch.tensor([[torch.equal(clean[s][:, p], corrupt[s][:, p])
+                          for p in range(mixed.clean.shape[1])] for s in sites])
+    checks = 1  # the one pass checking that restarting reproduces the base run
+    assert sum(work[checks:]) == float(costs[~same].sum())
+    assert costs.shape == (n_layers, mixed.clean.shape[1])
+
+
+def test_refined_at_the_ends_of_the_budget(tiny_llama, mixed) -> None:
+    exact = activation_patching(tiny_llama, mixed, "resid", per_position=True, progress=False)
+    rules = lambda m: interp.gradient_rules(m, "relp-ah")  # noqa: E731
+    relp = attribution_patching(tiny_llama, mixed, "resid", per_position=True,
+                                gradient_rules=rules)
+    all_in = refined_patching(tiny_llama, mixed, budget=1.0, progress=False)
+    torch.testing.assert_close(all_in.values, exact, atol=1e-5, rtol=0)
+    assert all_in.exact.all() and all_in.spent == pytest.approx(1.0)
+    none = refined_patching(tiny_llama, mixed, budget=0.0, progress=False)
+    torch.testing.assert_close(none.values, relp, atol=1e-5, rtol=0)
+    assert none.spent == 0.0
+
+
+def test_refined_patches_the_largest_estimates_for_their_cost(tiny_llama, mixed) -> None:
+    exact = activation_patching(tiny_llama, mixed, "resid", per_position=True, progress=False)
+    estimate = attribution_patching(tiny_llama, mixed, "resid", per_position=True)
+    costs = patching_costs(tiny_llama, mixed, "resid", per_position=True)
+    m_base = float(mixed.logit_diff(tiny_llama(mixed.corrupt)))
+    out = refined_patching(tiny_llama, mixed, budget=0.3, estimate=estimate, progress=False)
+    paid = out.exact & (costs > 0)
+    assert 0 < out.spent <= 0.3
+    assert float(costs[paid].sum() / costs.sum()) == pytest.approx(out.spent)
+    torch.testing.assert_close(out.values[paid], exact[paid], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.values[~out.exact], estimate[~out.exact], atol=1e-6, rtol=0)
+    # every cell left out ranks below every cell taken
+    rank = (estimate.double() - m_base).abs() / costs.clamp(min=1e-12)
+    assert rank[~out.exact].max() <= rank[paid].min()
+    # and taking the next one would have gone over the budget
+    nxt = costs[~out.exact][rank[~out.exact].argmax()]
+    assert float((costs[paid].sum() + nxt) / costs.sum()) > 0.3
+
+
+def test_refined_bad_arguments(tiny_llama, mixed) -> None:
+    with pytest.raises(interp.InterpError, match="budget"):
+        refined_patching(tiny_llama, mixed, budget=1.5)
+    with pytest.raises(interp.InterpError, match="estimate"):
+        refined_patching(tiny_llama, mixed, estimate="guess")
+    with pytest.raises(interp.ShapeError, match="shape"):
+        refined_patching(tiny_llama, mixed, estimate=torch.zeros(3))
+
+
+def test_refined_node_method(tiny_gpt2) -> None:
+    task = ioi_task(tiny_gpt2, 4, seed=0, template_ids=[0])
+    exact = discover(tiny_gpt2, task, "activation-patching", "node", progress=False)
+    full = discover(tiny_gpt2, task, "refined", "node", budget=1.0, progress=False)
+    torch.testing.assert_close(full.node_scores, exact.node_scores, atol=1e-5, rtol=0,
+                               equal_nan=True)
+    assert full.meta["budget"] == 1.0
