@@ -169,7 +169,7 @@ def _n_scored(graph: CircuitGraph, level: str) -> int:
 def discover(
     model: str = typer.Option("smollm2-135m", help="Model name or path."),
     task: str = typer.Option("ioi", help="'ioi' or a JSONL file of clean/corrupt/answer/wrong."),
-    method: str = typer.Option("eap-ig", help="A registered method: activation-patching, atp, eap, eap-ig, relp, relp-ah, attnlrp, lookahead."),
+    method: str = typer.Option("eap-ig", help="A registered method: activation-patching, atp, eap, eap-ig, relp, relp-ah, attnlrp, lookahead, refined."),
     level: Level = typer.Option(Level.edge, help="Score edges or nodes."),
     n_prompts: int = typer.Option(16, help="IOI prompt pairs."),
     top: int = typer.Option(200, help="Keep the top K edges (or nodes)."),

@@ -302,6 +302,19 @@ def _gpt2_small_config(**overrides: Any) -> Any:
     return GPT2Config(**overrides)  # the defaults are GPT-2 small's sizes (12 x 768, 50257 tokens)
 
 
+def _smollm2_config(**overrides: Any) -> Any:
+    from transformers import LlamaConfig
+
+    sizes = {  # SmolLM2-135M's
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "hidden_size": 576, "intermediate_size": 1536, "vocab_size": 49152,
+        "max_position_embeddings": 8192, "rope_theta": 100000.0, "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+    }
+    sizes.update(overrides)
+    return LlamaConfig(bos_token_id=0, eos_token_id=0, pad_token_id=0, **sizes)
+
+
 def _config_loader(make_config: Callable[..., Any], model_class: str, name: str,
                    architecture_name: str) -> Callable[..., TransformerModel]:
     def load(*, seed: int = 0, dtype: torch.dtype = torch.float32, device: Any = None,
@@ -332,6 +345,10 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("gpt2-shaped", "random GPT-2 small (12 x 768, 50257 tokens), word tokenizer",
                    False, _config_loader(_gpt2_small_config, "GPT2LMHeadModel", "gpt2-shaped",
                                          "gpt2")),
+        ModelEntry("smollm2-shaped", "random Llama of SmolLM2-135M's sizes (30 x 576, 9 heads / "
+                   "3 KV), word tokenizer", False,
+                   _config_loader(_smollm2_config, "LlamaForCausalLM", "smollm2-shaped",
+                                  "meta-llama/Llama-3.2-1B")),
         ModelEntry("gpt2", "GPT-2 small from the Hugging Face Hub", True),
         ModelEntry("gpt2-medium", "GPT-2 medium from the Hugging Face Hub", True),
         ModelEntry("EleutherAI/pythia-70m", "Pythia-70M from the Hugging Face Hub", True),
@@ -355,8 +372,8 @@ def load_model(
     ----------
     name : str
         ``"smollm2-135m"`` (the embedded default, offline), ``"tiny-gpt2"`` / ``"tiny-llama"``
-        (random test models with a word-level tokenizer), ``"gpt2-shaped"`` (random, GPT-2
-        small's sizes), any Hugging Face Hub name (needs the network), a local model directory
+        (random test models with a word-level tokenizer), ``"gpt2-shaped"`` /
+        ``"smollm2-shaped"`` (random, GPT-2 small's or SmolLM2-135M's sizes), any Hugging Face Hub name (needs the network), a local model directory
         or a ``.gguf`` file. ``interp models`` lists the names.
     dtype : torch.dtype
         Parameter dtype (float32 by default; float64 for reference computations).
@@ -388,7 +405,7 @@ def load_model(
     if config_overrides:
         raise ModelLoadError(
             f"Config overrides {sorted(config_overrides)} only apply to the random test models "
-            "(tiny-gpt2, tiny-llama, gpt2-shaped)."
+            "(tiny-gpt2, tiny-llama, gpt2-shaped, smollm2-shaped)."
         )
     path = Path(name).expanduser()
     if path.exists():

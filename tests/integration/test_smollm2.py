@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -19,6 +20,18 @@ def test_spec(smollm2: interp.TransformerModel) -> None:
     s = smollm2.spec
     assert (s.n_layers, s.n_heads, s.n_kv_heads, s.d_model, s.d_head) == (30, 9, 3, 576, 64)
     assert s.d_vocab == 49152
+
+
+def test_smollm2_shaped_has_its_sizes(smollm2: interp.TransformerModel) -> None:
+    """The random stand-in (for machines without the embedded weights) is the same model
+    shape: every size and the rotary and norm settings the bridge reads."""
+    shaped = interp.load_model("smollm2-shaped")
+    assert replace(shaped.spec, name="") == replace(smollm2.spec, name="")
+    real, fake = smollm2.bridge.cfg, shaped.bridge.cfg
+    for key in ("rotary_base", "eps", "normalization_type", "positional_embedding_type"):
+        value = getattr(real, key, None)
+        expected = pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
+        assert getattr(fake, key, None) == expected, key
 
 
 def test_top_prediction_is_mary(smollm2: interp.TransformerModel) -> None:
