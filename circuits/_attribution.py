@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp import CircuitGraph, InterpError, Site, TransformerModel
+from interp import CircuitGraph, GradientRun, InterpError, Site, TransformerModel
 from interp._progress import progress_bar
 
 from ._edges import prepare_edge_model
@@ -71,8 +71,9 @@ def _gradients(
     source: Tensor,
     ig_steps: int,
     gradient_rules: GradientRules,
-) -> dict[str, Tensor]:
-    """Gradients of the task metric at ``sites``, summed over the IG steps.
+) -> tuple[dict[str, Tensor], GradientRun]:
+    """Gradients of the task metric at ``sites``, summed over the IG steps, and the run (with
+    one step, its activations and value are the base run's).
 
     The base prompts are stacked ``ig_steps`` times; copy k runs with input embeddings
     ``e_base + (k / ig_steps) (e_source - e_base)``."""
@@ -91,7 +92,7 @@ def _gradients(
         run = model.run_with_grads(tokens, task.logit_diff, sites)
     n = base.shape[0]
     return {str(Site.parse(s)): g.view(ig_steps, n, *g.shape[1:]).sum(0)
-            for s, g in ((s, run.gradients[s]) for s in sites)}
+            for s, g in ((s, run.gradients[s]) for s in sites)}, run
 
 
 def _site_scores(
@@ -102,23 +103,28 @@ def _site_scores(
     ig_steps: int,
     gradient_rules: GradientRules,
     rows_per_pass: int,
-) -> dict[str, Tensor]:
+) -> tuple[dict[str, Tensor], float | None]:
     """Per site, ``(a_source - a_base) * gradient`` summed over prompts and d_model: shape
-    (pos, [head]). Prompts go in chunks; each chunk is weighted by its share of the mean."""
+    (pos, [head]); and, with one step, the base metric. Prompts go in chunks; each chunk is
+    weighted by its share of the mean."""
     n = len(task)
     total: dict[str, Tensor] = {}
+    m_base = 0.0
     for chunk in _prompt_chunks(n, ig_steps, rows_per_pass):
         sub = task.subset(chunk)
         base, source = base_and_source(sub, direction)
         with torch.no_grad():
             _, src = model.run_with_cache(source, sites)
-            _, cur = model.run_with_cache(base, sites)
-        grads = _gradients(model, sub, sites, base, source, ig_steps, gradient_rules)
+            cur = model.run_with_cache(base, sites)[1] if ig_steps > 1 else None
+        grads, run = _gradients(model, sub, sites, base, source, ig_steps, gradient_rules)
+        if cur is None:  # one step: the gradient run is the base run (rules keep its values)
+            cur = run.activations
         weight = (chunk.stop - chunk.start) / n  # the metric is a mean over prompts
+        m_base += float(run.value) * weight
         for site in sites:
             value = ((src[site] - cur[site]) * grads[site]).sum(-1).sum(0) * weight
             total[site] = value if site not in total else total[site] + value
-    return total
+    return total, (m_base if ig_steps == 1 else None)
 
 
 def attribution_patching(
@@ -142,12 +148,13 @@ def attribution_patching(
     _check_steps(ig_steps)
     base, _ = base_and_source(task, direction)
     sites = [COMPONENTS[component].format(layer=layer) for layer in range(model.spec.n_layers)]
-    per_site = _site_scores(model, task, sites, direction, ig_steps, gradient_rules,
-                            rows_per_pass)
+    per_site, m_base = _site_scores(model, task, sites, direction, ig_steps, gradient_rules,
+                                    rows_per_pass)
     total = torch.stack([per_site[site] if per_position else per_site[site].sum(0)
                          for site in sites])
-    with torch.no_grad():
-        m_base = float(task.logit_diff(model(base)))
+    if m_base is None:
+        with torch.no_grad():
+            m_base = float(task.logit_diff(model(base)))
     return m_base + total
 
 
@@ -193,8 +200,8 @@ def _edge_matrix(
         sub = task.subset(chunk)
         deltas = _writer_deltas(model, layout, sub, direction)
         base, source = base_and_source(sub, direction)
-        grads = _gradients(model, sub, reader_sites + writer_sites, base, source, ig_steps,
-                           gradient_rules)
+        grads, _ = _gradients(model, sub, reader_sites + writer_sites, base, source, ig_steps,
+                              gradient_rules)
         weight = (chunk.stop - chunk.start) / n
         # one matmul per reader group: (h, n*pos*d) @ (n*pos*d, writers so far)
         flat = deltas.permute(0, 1, 3, 2).reshape(-1, layout.n_writers)
@@ -267,7 +274,7 @@ def node_attribution(
                          for s in (f"a{layer}.result", f"m{layer}")]
     n = len(task)
     per_site = {site: value.double().sum(0) for site, value in _site_scores(
-        model, task, sites, direction, ig_steps, gradient_rules, rows_per_pass).items()}
+        model, task, sites, direction, ig_steps, gradient_rules, rows_per_pass)[0].items()}
     scores = torch.full((len(graph.node_names),), float("nan"), dtype=torch.float64)
     index = graph._node_index
     scores[index["input"]] = per_site["input"]
