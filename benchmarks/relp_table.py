@@ -95,7 +95,8 @@ ESTIMATORS = [
     ("attnlrp", _atp("attnlrp")), ("atp-ig5", _atp(None, 5)), ("relp-ig5", _atp("relp", 5)),
     ("look1", _lookahead(1)), ("look2-ah", _lookahead(2, "relp-ah")),
     ("look4-ah", _lookahead(4, "relp-ah")), ("site-ig2", _site_ig(2)),
-    ("sig4-ah", _site_ig(4, "relp-ah")), ("ref5-ah", _refined("relp-ah", 0.05)),
+    ("sig4-ah", _site_ig(4, "relp-ah")), ("ref3-ah", _refined("relp-ah", 0.03)),
+    ("ref5-ah", _refined("relp-ah", 0.05)),
     ("ref7-ah", _refined("relp-ah", 0.075)), ("ref7-atp", _refined("atp", 0.075)),
 ]
 

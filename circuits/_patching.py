@@ -68,7 +68,8 @@ def _cells(model: TransformerModel, component: str, per_position: bool, n_pos: i
 
 
 MIN_TOKENS_PER_PASS = 128  # a smaller pass costs more in overhead than a group wastes
-GROUP_NEED = 0.8  # a cell joins a group if it needs this share of the positions it computes
+GROUP_NEED = 0.8  # a cell joins a group if it needs this share of the work the pass does
+MIN_CROSS_LAYER_TOKENS = 1024  # groups this small take cells of later layers too
 
 
 @dataclass(frozen=True)
@@ -106,23 +107,40 @@ def _start_layer(cell: _Cell, component: str, n_layers: int) -> int:
     return cell.layer + 1 if component == "mlp" and cell.layer + 1 < n_layers else cell.layer
 
 
-def _chunks(cells: list[_Cell], tokens_per_pass: int, n: int, n_pos: int,
-            prefix: _Prefix) -> Iterator[tuple[list[_Cell], int]]:
-    """Consecutive cells of one layer that fit a pass, each group with the first position it
-    computes (that of its first cell). A group takes further cells only while they need at
-    least ``GROUP_NEED`` of the positions it computes (or the pass is small)."""
-    start = 0
-    while start < len(cells):
-        computed = n_pos - prefix.begin(cells[start])
-        per_pass = max(1, tokens_per_pass // (n * computed))
-        end = start + 1
-        while (end < len(cells) and end - start < per_pass
-               and cells[end].layer == cells[start].layer
-               and (n_pos - prefix.begin(cells[end]) >= GROUP_NEED * computed
-                    or (end - start) * n * computed < MIN_TOKENS_PER_PASS)):
-            end += 1
-        yield cells[start:end], prefix.begin(cells[start])
-        start = end
+def _chunks(cells: list[_Cell], tokens_per_pass: int, n: int, n_pos: int, prefix: _Prefix,
+            component: str, n_layers: int,
+            across_layers: bool) -> Iterator[tuple[list[_Cell], int]]:
+    """Groups of cells that ride in one pass, each with the first position it computes (that of
+    its first cell, which also sets the block it starts at).
+
+    A cell joins a group if the pass computes at most 1/``GROUP_NEED`` times the work it needs
+    (blocks x positions), or, for a cell of the group's layer, if the pass is still small.
+    With ``across_layers``, a small group also takes cells of later layers (patched by hooks
+    there): few, scattered cells then share passes instead of each running alone."""
+    remaining = list(cells)
+    while remaining:
+        head = remaining[0]
+        begin = prefix.begin(head)
+        positions = n_pos - begin
+        blocks = n_layers - _start_layer(head, component, n_layers)
+        per_pass = max(1, tokens_per_pass // (n * positions))
+        group, rest = [head], []
+        for i, cell in enumerate(remaining[1:], 1):  # layer-major order
+            tokens = len(group) * n * positions
+            if len(group) >= per_pass or cell.layer != head.layer and not (
+                    across_layers and tokens < MIN_CROSS_LAYER_TOKENS
+                    and n_layers - _start_layer(cell, component, n_layers) >= GROUP_NEED * blocks):
+                rest += remaining[i:]
+                break
+            need = n_pos - prefix.begin(cell)
+            if cell.layer == head.layer:
+                fits = need >= GROUP_NEED * positions or tokens < MIN_TOKENS_PER_PASS
+            else:
+                work = (n_layers - _start_layer(cell, component, n_layers)) * need
+                fits = prefix.begin(cell) >= begin and work >= GROUP_NEED * blocks * positions
+            (group if fits else rest).append(cell)
+        yield group, begin
+        remaining = rest
 
 
 def patching_costs(model: TransformerModel, task: Task, component: Component = "heads", *,
@@ -153,9 +171,10 @@ def _slice(activation: Tensor, cell: _Cell) -> Tensor:
     return activation[:, cell.pos] if cell.head is None else activation[:, cell.pos, cell.head]
 
 
-def _patcher(cells: list[_Cell], source: Tensor, n: int,
+def _patcher(cells: list[_Cell | None], source: Tensor, n: int,
              begin: int = 0) -> Callable[[Tensor, Site], Tensor]:
-    """A hook putting, in stacked copy k, cell k's slice of the source activation.
+    """A hook putting, in stacked copy k, cell k's slice of the source activation (copies whose
+    cell is ``None`` are left alone).
 
     Activations are (copies * n, pos - begin, ...) with the head axis third when there is one."""
 
@@ -163,6 +182,8 @@ def _patcher(cells: list[_Cell], source: Tensor, n: int,
         out = x.clone()
         copies = out.view(len(cells), n, *out.shape[1:])
         for k, cell in enumerate(cells):
+            if cell is None:
+                continue
             index: tuple = (k, slice(None), slice(None) if cell.pos is None else cell.pos - begin)
             src_index: tuple = (slice(None),
                                 slice(begin, None) if cell.pos is None else cell.pos)
@@ -380,15 +401,21 @@ def _patch_cells(
         values[~noop & ~wanted] = float("nan")
     todo = [c for c, want in zip(cells, wanted.tolist(), strict=True) if want]
     computed = torch.empty(len(todo), dtype=values.dtype, device=device)
-    done = 0
+    slot = {cell: i for i, cell in enumerate(todo)}
     bar = progress_bar(total=len(todo), desc=f"patching {component}", progress=progress)
     with torch.no_grad(), bar:
-        for chunk, begin in _chunks(todo, tokens_per_pass, n, n_pos, prefix):
+        for chunk, begin in _chunks(todo, tokens_per_pass, n, n_pos, prefix, component,
+                                    n_layers, across_layers=blocks is None):
             layer, copies = chunk[0].layer, len(chunk)
             site = Site.parse(sites[layer])
-            patch = _patcher(chunk, source_cache[sites[layer]], n, begin)
+            patch = _patcher([c if c.layer == layer else None for c in chunk],
+                             source_cache[sites[layer]], n, begin)
+            # cells of later layers (small groups only) are patched by hooks at their sites
+            hooks = {sites[later]: _patcher([c if c.layer == later else None for c in chunk],
+                                            source_cache[sites[later]], n, begin)
+                     for later in sorted({c.layer for c in chunk} - {layer})}
             base_here = _stacked(base_cache[sites[layer]][:, begin:], copies)
-            resid, hooks, attn_out = base_here, {}, None
+            resid, attn_out = base_here, None
             if component != "resid":
                 resid = _stacked(inputs.resid[layer][:, begin:], copies)
             if component == "resid":
@@ -399,7 +426,7 @@ def _patch_cells(
                 resid = (_stacked(inputs.resid[layer][:, begin:], copies)
                          + patch(base_here, site) - base_here)
             elif component == "mlp" or not skip_attention:
-                hooks = {site: patch}
+                hooks[sites[layer]] = patch
             else:  # the patched attention's output, given: that attention is not run
                 attn_out = patch(base_here, site)
                 if component == "heads":
@@ -410,12 +437,11 @@ def _patch_cells(
                                          positions=task.last_positions(copies), vocab=vocab,
                                          attn_out=attn_out)
             if stop is None:
-                computed[done:done + copies] = task.logit_diff(out, per_copy=True, vocab=vocab)
+                metric = task.logit_diff(out, per_copy=True, vocab=vocab)
             else:  # grad . delta at the residual entering block `stop`, per copy
                 delta = out.view(copies, n, *out.shape[1:]) - inputs.resid[stop][:, begin:]
-                change = (delta * grads[stop][:, begin:]).flatten(1).sum(-1)
-                computed[done:done + copies] = m_base + change
-            done += copies
+                metric = m_base + (delta * grads[stop][:, begin:]).flatten(1).sum(-1)
+            computed[torch.tensor([slot[c] for c in chunk], device=device)] = metric
             bar.update(copies)
     values[wanted] = computed
     return values

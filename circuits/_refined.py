@@ -92,10 +92,12 @@ def refined_patching(
     if tuple(first.shape) != tuple(costs.shape):
         raise ShapeError(f"estimate must have activation patching's shape {tuple(costs.shape)}; "
                          f"got {tuple(first.shape)}.")
-    base, _ = base_and_source(task, direction)
-    with torch.no_grad():
-        m_base = float(task.logit_diff(model(base)))
     free = costs == 0  # cells whose patch changes nothing: the base metric, exactly
+    if isinstance(estimate, str) and free.any():  # AtP and RelP give those cells m(base) too
+        m_base = float(first[free.to(first.device)][0])
+    else:
+        with torch.no_grad():
+            m_base = float(task.logit_diff(model(base_and_source(task, direction)[0])))
     total = float(costs.sum())
     priority = (first.detach().double().cpu() - m_base).abs() / costs.clamp(min=1e-12)
     priority[free] = -1.0

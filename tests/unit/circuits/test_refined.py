@@ -115,3 +115,33 @@ def test_refined_node_method(tiny_gpt2) -> None:
     torch.testing.assert_close(full.node_scores, exact.node_scores, atol=1e-5, rtol=0,
                                equal_nan=True)
     assert full.meta["budget"] == 1.0
+
+
+@pytest.mark.parametrize("component", ["resid", "attn", "mlp", "heads"])
+def test_scattered_cells_share_passes_across_layers(component) -> None:
+    """Few scattered cells ride in passes that start at the earliest layer among them, the
+    later ones patched by hooks at their own layers; each still equals patching all cells."""
+    deep = interp.load_model("tiny-llama", num_hidden_layers=12)
+    task = ioi_task(deep, 3, seed=3)
+    per_position = component != "heads"
+    full = activation_patching(deep, task, component, per_position=per_position,
+                               progress=False)
+    mask = torch.rand(full.shape, generator=torch.Generator().manual_seed(1)) < 0.1
+    if per_position:  # and one position column, as the largest estimates often are
+        mask[:, task.clean.shape[1] - 4] = True
+    groups = []
+    original = patching._chunks
+
+    def recording(*args, **kwargs):
+        for group, begin in original(*args, **kwargs):
+            groups.append({c.layer for c in group})
+            yield group, begin
+
+    patching._chunks = recording
+    try:
+        some = activation_patching(deep, task, component, per_position=per_position,
+                                   cells=mask, progress=False)
+    finally:
+        patching._chunks = original
+    assert any(len(layers) > 1 for layers in groups)
+    torch.testing.assert_close(some[mask], full[mask], atol=1e-5, rtol=0)
