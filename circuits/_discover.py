@@ -129,8 +129,8 @@ def _lookahead(model: TransformerModel, task: Task, level: str, *, blocks: int =
 
 @register_method("refined", levels=("node",),
                  description="RelP-AH for every node, then exact patching of the largest for "
-                             "their cost until a budget is spent (default 0.075)")
-def _refined(model: TransformerModel, task: Task, level: str, *, budget: float = 0.075,
+                             "their cost until a budget is spent (default 0.05)")
+def _refined(model: TransformerModel, task: Task, level: str, *, budget: float = 0.05,
              estimate: str = "relp-ah", direction: str = "denoising",
              progress: bool | None = None, **options: Any) -> CircuitGraph:
     graph = CircuitGraph.from_model(model, metric=task.metric_name, task=task.name,

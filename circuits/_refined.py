@@ -51,7 +51,7 @@ def refined_patching(
     task: Task,
     component: Component = "resid",
     *,
-    budget: float = 0.075,
+    budget: float = 0.05,
     estimate: str | Tensor = "relp-ah",
     per_position: bool = True,
     direction: Direction = "denoising",
