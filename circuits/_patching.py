@@ -69,7 +69,7 @@ def _cells(model: TransformerModel, component: str, per_position: bool, n_pos: i
 
 MIN_TOKENS_PER_PASS = 128  # a smaller pass costs more in overhead than a group wastes
 GROUP_NEED = 0.8  # a cell joins a group if it needs this share of the work the pass does
-MIN_CROSS_LAYER_TOKENS = 1024  # groups this small take cells of later layers too
+MIN_CROSS_LAYER_TOKENS = 512  # groups this small take cells of later layers too
 
 
 @dataclass(frozen=True)
