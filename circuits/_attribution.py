@@ -34,7 +34,7 @@ from interp._progress import progress_bar
 
 from ._edges import prepare_edge_model
 from ._layout import GraphLayout
-from ._patching import COMPONENTS, Component, Direction, base_and_source
+from ._patching import COMPONENTS, Component, Direction, base_and_source, check_component
 from ._tasks import Task
 
 __all__ = ["attribution_patching", "edge_attribution", "node_attribution"]
@@ -143,8 +143,7 @@ def attribution_patching(
     Returns ``m(base) + score`` per cell, i.e. the estimated metric of the patched run, so the
     result compares directly with activation patching (subtract the base metric for effects).
     """
-    if component not in COMPONENTS:
-        raise InterpError(f"component must be one of {list(COMPONENTS)}; got {component!r}.")
+    check_component(component)
     _check_steps(ig_steps)
     base, _ = base_and_source(task, direction)
     sites = [COMPONENTS[component].format(layer=layer) for layer in range(model.spec.n_layers)]

@@ -29,8 +29,8 @@ from interp._progress import progress_bar
 
 from ._tasks import Task
 
-__all__ = ["COMPONENTS", "activation_patching", "base_and_source", "lookahead_patching",
-           "patching_costs"]
+__all__ = ["COMPONENTS", "activation_patching", "base_and_source", "check_component",
+           "lookahead_patching", "patching_costs"]
 
 Component = Literal["heads", "attn", "mlp", "resid"]
 Direction = Literal["denoising", "noising"]
@@ -57,6 +57,11 @@ def base_and_source(task: Task, direction: str) -> tuple[Tensor, Tensor]:
     if direction == "noising":
         return task.clean, task.corrupt
     raise InterpError(f"direction must be 'denoising' or 'noising'; got {direction!r}.")
+
+
+def check_component(component: str) -> None:
+    if component not in COMPONENTS:
+        raise InterpError(f"component must be one of {list(COMPONENTS)}; got {component!r}.")
 
 
 def _cells(model: TransformerModel, component: str, per_position: bool, n_pos: int) -> list[_Cell]:
@@ -346,8 +351,7 @@ def _patch_cells(
     """The metric of every cell's patched run: exact, or with ``blocks`` exact blocks and the
     base run's gradient after them. ``only``: a mask of the cells to compute (in the result's
     shape); the others are NaN."""
-    if component not in COMPONENTS:
-        raise InterpError(f"component must be one of {list(COMPONENTS)}; got {component!r}.")
+    check_component(component)
     if tokens_per_pass < 1:
         raise InterpError(f"tokens_per_pass must be >= 1; got {tokens_per_pass}.")
     base, source = base_and_source(task, direction)

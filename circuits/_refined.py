@@ -100,7 +100,6 @@ def refined_patching(
             m_base = float(task.logit_diff(model(base_and_source(task, direction)[0])))
     total = float(costs.sum())
     priority = (first.detach().double().cpu() - m_base).abs() / costs.clamp(min=1e-12)
-    priority[free] = -1.0
     order = priority.flatten().argsort(descending=True, stable=True)
     spend = costs.flatten()[order].cumsum(0)
     chosen = torch.zeros(costs.numel(), dtype=torch.bool)

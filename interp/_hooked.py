@@ -440,10 +440,6 @@ class _Returning:
         self.module.__dict__.pop("forward", None)
 
 
-def _returning(module: nn.Module, value: Any) -> _Returning:
-    return _Returning(module, value)
-
-
 def _mlp_at_rows(mlp: nn.Module, positions: Tensor) -> list[Any]:
     """Make a block's MLP compute one position per row (it acts on each position alone); the
     other positions of its output are zero, for a pass that reads only these positions."""
@@ -748,7 +744,7 @@ class TransformerModel(HookedModel):
             handles += _mlp_at_rows(last.mlp, positions - start)
         given = None
         if attn_out is not None:
-            given = _returning(self.bridge.blocks[layer].attn, (attn_out, None))
+            given = _Returning(self.bridge.blocks[layer].attn, (attn_out, None))
             handles.append(given)
         h = resid
         try:

@@ -17,3 +17,16 @@ class SharedReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.b(self.relu(self.a(x))))
+
+
+class TokenNet(nn.Module):
+    """Token ids in (embedding, linear, ReLU), summed over positions; seeds the global RNG with
+    0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.fc, self.relu = nn.Embedding(10, 4), nn.Linear(4, 6), nn.ReLU()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.fc(self.embed(tokens))).sum(1)

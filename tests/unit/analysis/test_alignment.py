@@ -32,7 +32,7 @@ from analysis import (
 )
 from interp import CircuitGraph, InterpError, ShapeError, UnknownSiteError
 
-from ._nets import SharedReLU
+from ._nets import SharedReLU, TokenNet
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -544,16 +544,6 @@ def test_a_module_that_runs_twice_per_forward_pass_is_refused() -> None:
         h = net.a(x)
         ref = correlation_matrix(h, net.b(h.relu()))
     torch.testing.assert_close(est.correlation_["a|b"], ref)
-
-
-class TokenNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed, self.fc, self.relu = nn.Embedding(10, 4), nn.Linear(4, 6), nn.ReLU()
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.fc(self.embed(tokens))).sum(1)
 
 
 def test_inputs_are_cast_to_each_models_dtype_and_token_ids_pass_unchanged() -> None:

@@ -34,7 +34,7 @@ from analysis import (
 )
 from interp import InterpError, ShapeError, count_hooks
 
-from ._nets import SharedReLU
+from ._nets import SharedReLU, TokenNet
 
 # -- a 1-D ReLU net with known breakpoints --------------------------------------------------------
 # Layer 1: relu(x + 1), relu(-x), relu(x - 0.5), relu(2 - x): breakpoints -1, 0, 0.5, 2.
@@ -402,16 +402,6 @@ def test_a_failed_refit_leaves_the_estimator_unfitted(xor_net) -> None:
     assert not [k for k in vars(codes) if k.endswith("_")]
     codes.fit(net, data.x_train)  # without a test split: nothing of the first fit survives
     assert not hasattr(codes, "test_codes_") and codes.labels_ is None
-
-
-class TokenNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed, self.fc, self.relu = nn.Embedding(10, 4), nn.Linear(4, 6), nn.ReLU()
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.fc(self.embed(tokens))).sum(1)
 
 
 def test_token_ids_pass_unchanged_and_model_errors_are_wrapped() -> None:

@@ -125,8 +125,8 @@ def test_shortcuts_fall_back_when_they_are_not_exact(tiny_llama, monkeypatch, br
     expected = activation_patching(tiny_llama, task, component, per_position=True,
                                    progress=False)
     if broken == "attention":
-        original = hooked._returning
-        monkeypatch.setattr(hooked, "_returning",
+        original = hooked._Returning
+        monkeypatch.setattr(hooked, "_Returning",
                             lambda module, value: original(module, (value[0] * 0.5, None)))
     else:
         original = hooked._from_position
