@@ -161,6 +161,7 @@ def patching_costs(model: TransformerModel, task: Task, component: Component = "
     >>> bool(costs[0].sum() > costs[1].sum())  # layer 0's passes run both blocks
     True
     """
+    check_component(component)
     base, source = base_and_source(task, direction)
     n_pos, n_layers = base.shape[1], model.spec.n_layers
     prefix = _Prefix.of(task, base, source)

@@ -99,6 +99,11 @@ def test_refined_patches_the_largest_estimates_for_their_cost(tiny_llama, mixed)
     assert float((costs[paid].sum() + nxt) / costs.sum()) > 0.3
 
 
+def test_costs_bad_component(tiny_llama, mixed) -> None:
+    with pytest.raises(interp.InterpError, match="component"):
+        patching_costs(tiny_llama, mixed, "neurons")
+
+
 def test_refined_bad_arguments(tiny_llama, mixed) -> None:
     with pytest.raises(interp.InterpError, match="budget"):
         refined_patching(tiny_llama, mixed, budget=1.5)
