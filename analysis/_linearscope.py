@@ -19,7 +19,12 @@ from torch import Tensor, nn
 from interp import InterpError, ShapeError
 from interp._frozen import check_linearisable, frozen_gains
 
-__all__ = ["LinearInterpretation", "LinearScope", "TransformerInterpretation", "TransformerLinearScope"]
+__all__ = [
+    "LinearInterpretation",
+    "LinearScope",
+    "TransformerInterpretation",
+    "TransformerLinearScope",
+]
 
 MAX_MATRIX_ENTRIES = 50_000_000
 
@@ -83,8 +88,10 @@ class LinearInterpretation:
     def apply_transposed(self, y: Tensor) -> Tensor:
         """``A^T y`` (y shaped like the output), by reverse-mode differentiation at x0."""
         if y.shape != self.output.shape:
-            raise ShapeError(f"Expected an output-shaped vector {tuple(self.output.shape)}, "
-                             f"got {tuple(y.shape)}.")
+            raise ShapeError(
+                f"Expected an output-shaped vector {tuple(self.output.shape)}, "
+                f"got {tuple(y.shape)}."
+            )
         return self._vjp(y.to(self.output.dtype)).detach()
 
     def _jvp(self, x: Tensor) -> Tensor:
@@ -153,8 +160,11 @@ class LinearInterpretation:
         op = LinearOperator((n_out, n_in), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
         u, s, vt = svds(op, k=k)
         order = np.argsort(s)[::-1]
-        return (torch.from_numpy(u[:, order].copy()), torch.from_numpy(s[order].copy()),
-                torch.from_numpy(vt[order].copy()))
+        return (
+            torch.from_numpy(u[:, order].copy()),
+            torch.from_numpy(s[order].copy()),
+            torch.from_numpy(vt[order].copy()),
+        )
 
     def contribution_graph(self, top: int | None = None):
         """Contributions between units of consecutive layers at x0, as a CircuitGraph.
@@ -185,9 +195,11 @@ class LinearInterpretation:
                 names += inputs
                 node_scores.append(torch.stack([(a[0] * m).sum() for m in groups]))
                 out = segment(a)
-                share = torch.stack([  # (inputs, outputs): one forward-mode pass per input unit
-                    _unit_sums(torch.func.jvp(segment, (a,), (a * m,))[1][0]) for m in groups
-                ])
+                share = torch.stack(
+                    [  # (inputs, outputs): one forward-mode pass per input unit
+                        _unit_sums(torch.func.jvp(segment, (a,), (a * m,))[1][0]) for m in groups
+                    ]
+                )
                 last = index == len(segments) - 1
                 outputs = [f"{'y' if last else f'h{index + 1}'}.{j}" for j in range(share.shape[1])]
                 edges += [(i, j) for i in inputs for j in outputs]
@@ -196,9 +208,15 @@ class LinearInterpretation:
                     names += outputs
                     node_scores.append(_unit_sums(out[0]))
                 a = out
-        graph = CircuitGraph(names, edges, node_scores=torch.cat(node_scores).double(),
-                             edge_scores=torch.cat(scores).double(), method="linearscope",
-                             meta={"kind": "contributions"}, score_dtype=torch.float64)
+        graph = CircuitGraph(
+            names,
+            edges,
+            node_scores=torch.cat(node_scores).double(),
+            edge_scores=torch.cat(scores).double(),
+            method="linearscope",
+            meta={"kind": "contributions"},
+            score_dtype=torch.float64,
+        )
         return graph if top is None else graph.top(top, prune=False)
 
     @staticmethod
@@ -211,8 +229,9 @@ class LinearInterpretation:
 
     def _check_input(self, x: Tensor) -> None:
         if x.shape != self.x0.shape:
-            raise ShapeError(f"Expected an input-shaped tensor {tuple(self.x0.shape)}, "
-                             f"got {tuple(x.shape)}.")
+            raise ShapeError(
+                f"Expected an input-shaped tensor {tuple(self.x0.shape)}, got {tuple(x.shape)}."
+            )
 
 
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -221,8 +240,10 @@ WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 def _segments(model: nn.Module) -> list[nn.Sequential]:
     """``model`` cut before every weighted layer after the first."""
     if not isinstance(model, nn.Sequential):
-        raise InterpError("contribution_graph reads an nn.Sequential (cut at its weighted layers); "
-                          f"got {type(model).__name__}.")
+        raise InterpError(
+            "contribution_graph reads an nn.Sequential (cut at its weighted layers); "
+            f"got {type(model).__name__}."
+        )
     pieces: list[list[nn.Module]] = [[]]
     for module in model:
         if isinstance(module, WEIGHTED) and any(isinstance(m, WEIGHTED) for m in pieces[-1]):
@@ -275,8 +296,9 @@ class TransformerLinearScope:
             raise ShapeError("interpret reads one prompt at a time.")
         with torch.no_grad():
             logits, cache = self.model.run_with_cache(tokens, ["input"])
-        return TransformerInterpretation(self.model, cache["input"][0], logits[0, position],
-                                         tokens=tokens, position=position)
+        return TransformerInterpretation(
+            self.model, cache["input"][0], logits[0, position], tokens=tokens, position=position
+        )
 
 
 @dataclass
@@ -310,7 +332,8 @@ class TransformerInterpretation(LinearInterpretation):
 
         with gradient_rules(self.model, "relp-ah"):
             run = self.model.run_with_grads(
-                self.tokens, lambda logits: (logits[0, self.position] * y).sum(), ["input"])
+                self.tokens, lambda logits: (logits[0, self.position] * y).sum(), ["input"]
+            )
         return run.gradients["input"][0]
 
     def token_contributions(self, k: int) -> Tensor:

@@ -37,8 +37,12 @@ def fixed_name_task(model: interp.TransformerModel, n: int, seed: int = 0):
         obj = data["objects"][int(torch.randint(8, (1,), generator=g))]
         text = template.replace("[PLACE]", place).replace("[OBJECT]", obj)
         clean.append(text.replace("[B]", "John").replace("[A]", "Mary").rsplit(" Mary", 1)[0])
-        corrupt.append(text.replace("[B]", "Lisa", 1).replace("[A]", "Kevin", 1)
-                       .replace("[B]", "Adam").rsplit(" [A]", 1)[0])
+        corrupt.append(
+            text.replace("[B]", "Lisa", 1)
+            .replace("[A]", "Kevin", 1)
+            .replace("[B]", "Adam")
+            .rsplit(" [A]", 1)[0]
+        )
     return task_from_pairs(model, clean, corrupt, [" Mary"] * n, [" John"] * n, name="ioi-fixed")
 
 

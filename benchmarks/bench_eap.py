@@ -13,17 +13,20 @@ from transformer_lens.tools.analysis.attribution_patching import (
     attribution_patch,
 )
 
-import interp
 from circuits import edge_attribution
 
 
 def our_name(node) -> tuple[str, str]:
     kind, layer, head = node.kind, node.layer, node.head
     names = {
-        "embed": ("input", ""), "attn_head_out": (f"a{layer}.h{head}", ""),
-        "mlp_out": (f"m{layer}", ""), "q_input": (f"a{layer}.h{head}", "q"),
-        "k_input": (f"a{layer}.h{head}", "k"), "v_input": (f"a{layer}.h{head}", "v"),
-        "mlp_in": (f"m{layer}", ""), "logits": ("logits", ""),
+        "embed": ("input", ""),
+        "attn_head_out": (f"a{layer}.h{head}", ""),
+        "mlp_out": (f"m{layer}", ""),
+        "q_input": (f"a{layer}.h{head}", "q"),
+        "k_input": (f"a{layer}.h{head}", "k"),
+        "v_input": (f"a{layer}.h{head}", "v"),
+        "mlp_in": (f"m{layer}", ""),
+        "logits": ("logits", ""),
     }
     return names[kind]
 
@@ -33,8 +36,10 @@ def main() -> None:
     model = load(args)
     task = fixed_name_task(model, args.n_prompts).to(model.device)
     model(task.clean)  # warm-up
-    print(f"model {model.spec.name}: {model.spec.n_layers} layers x {model.spec.n_heads} heads; "
-          f"{len(task)} prompt pairs of {task.clean.shape[1]} tokens")
+    print(
+        f"model {model.spec.name}: {model.spec.n_layers} layers x {model.spec.n_heads} heads; "
+        f"{len(task)} prompt pairs of {task.clean.shape[1]} tokens"
+    )
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         return (logits[:, -1, task.answer[0]] - logits[:, -1, task.wrong[0]]).mean()
@@ -43,8 +48,15 @@ def main() -> None:
     # ours are frozen at load time, activations still carry gradients.
     for p in model.bridge.parameters():
         p.requires_grad_(True)
-    theirs, t_tl = timed(lambda: attribution_patch(
-        model.bridge, task.clean, task.corrupt, metric, EdgeAttributionConfig(granularity="edge")))
+    theirs, t_tl = timed(
+        lambda: attribution_patch(
+            model.bridge,
+            task.clean,
+            task.corrupt,
+            metric,
+            EdgeAttributionConfig(granularity="edge"),
+        )
+    )
     for p in model.bridge.parameters():
         p.requires_grad_(False)
     ours, t_ours = timed(lambda: edge_attribution(model, None, task, progress=False))
@@ -57,8 +69,10 @@ def main() -> None:
     index = ours._edge_index()
     a = torch.tensor([summed[n] for n in summed])
     b = torch.stack([ours.edge_scores[index[n]] for n in summed]).double()
-    print(f"edges compared: {len(summed)} of {len(ours.edges)}; max |difference| "
-          f"{(a - b).abs().max():.2e} (largest |score| {b.abs().max():.2e})")
+    print(
+        f"edges compared: {len(summed)} of {len(ours.edges)}; max |difference| "
+        f"{(a - b).abs().max():.2e} (largest |score| {b.abs().max():.2e})"
+    )
     print(f"{'what':<28} {'TransformerLens':>16} {'ours':>9} {'speed-up':>9}")
     print(f"{'EAP, every edge':<28} {t_tl:>15.1f}s {t_ours:>8.1f}s {t_tl / t_ours:>8.1f}x")
 

@@ -23,20 +23,32 @@ def main() -> None:
     node_sizes = [int(k) for k in args.nodes.split(",")]
     print(f"model {model.spec.name}; IOI, {len(task)} prompt pairs (mixed templates, ABC)")
     print("method               level  seconds  " + "  ".join(f"k={k:<6}" for k in edge_sizes))
-    runs = [("eap", "edge"), ("eap-ig", "edge"), ("atp", "node"), ("eap-ig", "node"),
-            ("activation-patching", "node")]
+    runs = [
+        ("eap", "edge"),
+        ("eap-ig", "edge"),
+        ("atp", "node"),
+        ("eap-ig", "node"),
+        ("activation-patching", "node"),
+    ]
     for method, level in runs:
-        graph, seconds = timed(lambda m=method, lv=level: discover(model, task, m, lv,
-                                                                   progress=False))
+        graph, seconds = timed(
+            lambda m=method, lv=level: discover(model, task, m, lv, progress=False)
+        )
         sizes = edge_sizes if level == "edge" else node_sizes
         cells = []
         for k in sizes:
             result = faithfulness(model, graph.top(k, level=level), task)
-            cells.append(f"{result['faithfulness']:+.3f}" + (f" ({result['n_edges']}e)"
-                                                             if level == "node" else ""))
+            cells.append(
+                f"{result['faithfulness']:+.3f}"
+                + (f" ({result['n_edges']}e)" if level == "node" else "")
+            )
         head = f"{method:<20} {level:<5} {seconds:>8.1f}  "
-        print(head + "  ".join(f"{c:<8}" for c in cells) + ("   (k nodes: " + ",".join(
-            map(str, sizes)) + ")" if level == "node" else ""), flush=True)
+        print(
+            head
+            + "  ".join(f"{c:<8}" for c in cells)
+            + ("   (k nodes: " + ",".join(map(str, sizes)) + ")" if level == "node" else ""),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

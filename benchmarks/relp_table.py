@@ -26,7 +26,10 @@ from circuits import (
 from circuits._patching import COMPONENTS
 
 PAPER = {  # GPT-2 small, Jafari et al. 2025 Table 1 (Pearson r; AtP / RelP)
-    "resid": (0.753, 0.968), "attn": (0.979, 0.962), "mlp": (0.195, 0.992), "heads": None,
+    "resid": (0.753, 0.968),
+    "attn": (0.979, 0.962),
+    "mlp": (0.195, 0.992),
+    "heads": None,
 }
 
 
@@ -37,14 +40,15 @@ def _rules(name: str | None):
 def _atp(rules: str | None = None, steps: int = 1):
     """AtP / RelP; ``steps > 1``: integrated gradients along the input embeddings."""
     return lambda model, task, c, pp: attribution_patching(
-        model, task, c, per_position=pp, gradient_rules=_rules(rules), ig_steps=steps)
+        model, task, c, per_position=pp, gradient_rules=_rules(rules), ig_steps=steps
+    )
 
 
 def _lookahead(blocks: int, rules: str | None = None):
     """``blocks`` exact blocks after each patch, then the (rule) gradient."""
     return lambda model, task, c, pp: lookahead_patching(
-        model, task, c, blocks=blocks, per_position=pp, gradient_rules=_rules(rules),
-        progress=False)
+        model, task, c, blocks=blocks, per_position=pp, gradient_rules=_rules(rules), progress=False
+    )
 
 
 def _site_ig(steps: int, rules: str | None = None):
@@ -73,10 +77,11 @@ def _site_ig(steps: int, rules: str | None = None):
                 else:
                     hooks = {site: lambda x, s, p=path: p}
                 with model.hooks(hooks):
-                    logits = model.forward_from(layer, resid, inputs,
-                                                positions=task.last_positions(steps))
+                    logits = model.forward_from(
+                        layer, resid, inputs, positions=task.last_positions(steps)
+                    )
                 (grad,) = torch.autograd.grad(task.logit_diff(logits, per_copy=True).sum(), [path])
-            score = (grad.view(steps, *delta.shape).mean(0) * delta)
+            score = grad.view(steps, *delta.shape).mean(0) * delta
             score = score.sum(-1).sum(0)  # (pos,) or (pos, head)
             out.append(score if per_position else score.sum(0))
         return m_base + torch.stack(out)
@@ -86,18 +91,29 @@ def _site_ig(steps: int, rules: str | None = None):
 
 def _refined(estimate: str, budget: float):
     """``estimate`` for every cell, then exact patching of the largest for their cost."""
-    return lambda model, task, c, pp: refined_patching(
-        model, task, c, budget=budget, estimate=estimate, per_position=pp, progress=False).values
+    return lambda model, task, c, pp: (
+        refined_patching(
+            model, task, c, budget=budget, estimate=estimate, per_position=pp, progress=False
+        ).values
+    )
 
 
 ESTIMATORS = [
-    ("atp", _atp()), ("relp", _atp("relp")), ("relp-ah", _atp("relp-ah")),
-    ("attnlrp", _atp("attnlrp")), ("atp-ig5", _atp(None, 5)), ("relp-ig5", _atp("relp", 5)),
-    ("look1", _lookahead(1)), ("look2-ah", _lookahead(2, "relp-ah")),
-    ("look4-ah", _lookahead(4, "relp-ah")), ("site-ig2", _site_ig(2)),
-    ("sig4-ah", _site_ig(4, "relp-ah")), ("ref3-ah", _refined("relp-ah", 0.03)),
+    ("atp", _atp()),
+    ("relp", _atp("relp")),
+    ("relp-ah", _atp("relp-ah")),
+    ("attnlrp", _atp("attnlrp")),
+    ("atp-ig5", _atp(None, 5)),
+    ("relp-ig5", _atp("relp", 5)),
+    ("look1", _lookahead(1)),
+    ("look2-ah", _lookahead(2, "relp-ah")),
+    ("look4-ah", _lookahead(4, "relp-ah")),
+    ("site-ig2", _site_ig(2)),
+    ("sig4-ah", _site_ig(4, "relp-ah")),
+    ("ref3-ah", _refined("relp-ah", 0.03)),
     ("ref5-ah", _refined("relp-ah", 0.05)),
-    ("ref7-ah", _refined("relp-ah", 0.075)), ("ref7-atp", _refined("atp", 0.075)),
+    ("ref7-ah", _refined("relp-ah", 0.075)),
+    ("ref7-atp", _refined("atp", 0.075)),
 ]
 
 
@@ -111,8 +127,11 @@ def main() -> None:
     p.add_argument("--no-circuits", action="store_true")
     p.add_argument("--components", default="resid,attn,mlp,heads")
     p.add_argument("--estimators", default=",".join(name for name, _ in ESTIMATORS))
-    p.add_argument("--mixed", action="store_true",
-                   help="every seed mixes all templates (right-padded), as the reference does")
+    p.add_argument(
+        "--mixed",
+        action="store_true",
+        help="every seed mixes all templates (right-padded), as the reference does",
+    )
     p.add_argument("--seeds", default="0", help="IOI seeds; the table is printed per seed")
     args = p.parse_args()
     model = interp.load_model(args.model)
@@ -120,8 +139,10 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         templates = None if args.mixed else [seed % 15]
         task = ioi_task(model, args.n_prompts, seed=seed, template_ids=templates)
-        print(f"\nmodel {model.spec.name}; IOI seed {seed}, {len(task)} pairs of up to "
-              f"{task.clean.shape[1]} tokens (templates {templates or 'all'}), denoising")
+        print(
+            f"\nmodel {model.spec.name}; IOI seed {seed}, {len(task)} pairs of up to "
+            f"{task.clean.shape[1]} tokens (templates {templates or 'all'}), denoising"
+        )
         table(model, task, args.components.split(","), chosen)
     if args.no_circuits:
         return
@@ -135,18 +156,26 @@ def table(model: interp.TransformerModel, task, components: list[str], estimator
     costs: dict[str, list[float]] = {e[0]: [] for e in estimators}
     for component in components:
         per_position = component != "heads"
-        truth, seconds = timed(lambda c=component, pp=per_position: activation_patching(
-            model, task, c, per_position=pp, progress=False))
+        truth, seconds = timed(
+            lambda c=component, pp=per_position: activation_patching(
+                model, task, c, per_position=pp, progress=False
+            )
+        )
         cells = []
         for name, method in estimators:
-            estimate, spent = timed(lambda c=component, pp=per_position, f=method:
-                                    f(model, task, c, pp))
+            estimate, spent = timed(
+                lambda c=component, pp=per_position, f=method: f(model, task, c, pp)
+            )
             costs[name].append(spent / seconds)
             cells.append(pearson(estimate, truth))
         paper = PAPER[component]
         ref = f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else "-"
-        print(f"{component:<10} {truth.numel():>6}  " + "  ".join(f"{c:>8.3f}" for c in cells)
-              + f"   {ref}   (patching {seconds:.0f} s)", flush=True)
+        print(
+            f"{component:<10} {truth.numel():>6}  "
+            + "  ".join(f"{c:>8.3f}" for c in cells)
+            + f"   {ref}   (patching {seconds:.0f} s)",
+            flush=True,
+        )
     print("cost / patching  " + "  ".join(f"{sum(v) / len(v):>8.3f}" for v in costs.values()))
 
 
@@ -155,8 +184,12 @@ def circuits(model: interp.TransformerModel, task, sizes: list[int]) -> None:
     for method in ("eap", "eap-ig", "relp", "relp-ah"):
         graph = discover(model, task, method, "edge", progress=False)
         values = [faithfulness(model, graph.top(k), task)["faithfulness"] for k in sizes]
-        print(f"{method:<10} " + "  ".join(f"{v:+.3f}" for v in values)
-              + f"   ({graph.meta['seconds']:.1f} s)", flush=True)
+        print(
+            f"{method:<10} "
+            + "  ".join(f"{v:+.3f}" for v in values)
+            + f"   ({graph.meta['seconds']:.1f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -81,18 +81,24 @@ def _gradients(
     if ig_steps > 1:
         _, emb = model.run_with_cache(source, ["input"])
         _, base_emb = model.run_with_cache(base, ["input"])
-        alphas = torch.arange(ig_steps, dtype=base_emb["input"].dtype,
-                              device=base_emb["input"].device) / ig_steps
-        path = base_emb["input"][None] + alphas[:, None, None, None] * (
-            emb["input"] - base_emb["input"])[None]
+        alphas = (
+            torch.arange(ig_steps, dtype=base_emb["input"].dtype, device=base_emb["input"].device)
+            / ig_steps
+        )
+        path = (
+            base_emb["input"][None]
+            + alphas[:, None, None, None] * (emb["input"] - base_emb["input"])[None]
+        )
         path = path.flatten(0, 1)
         hooks["input"] = lambda x, site: path.to(x.dtype)
     tokens = base.repeat(ig_steps, 1)
     with _rules(model, gradient_rules), model.hooks(hooks):
         run = model.run_with_grads(tokens, task.logit_diff, sites)
     n = base.shape[0]
-    return {str(Site.parse(s)): g.view(ig_steps, n, *g.shape[1:]).sum(0)
-            for s, g in ((s, run.gradients[s]) for s in sites)}, run
+    return {
+        str(Site.parse(s)): g.view(ig_steps, n, *g.shape[1:]).sum(0)
+        for s, g in ((s, run.gradients[s]) for s in sites)
+    }, run
 
 
 def _site_scores(
@@ -147,18 +153,21 @@ def attribution_patching(
     _check_steps(ig_steps)
     base, _ = base_and_source(task, direction)
     sites = [COMPONENTS[component].format(layer=layer) for layer in range(model.spec.n_layers)]
-    per_site, m_base = _site_scores(model, task, sites, direction, ig_steps, gradient_rules,
-                                    rows_per_pass)
-    total = torch.stack([per_site[site] if per_position else per_site[site].sum(0)
-                         for site in sites])
+    per_site, m_base = _site_scores(
+        model, task, sites, direction, ig_steps, gradient_rules, rows_per_pass
+    )
+    total = torch.stack(
+        [per_site[site] if per_position else per_site[site].sum(0) for site in sites]
+    )
     if m_base is None:
         with torch.no_grad():
             m_base = float(task.logit_diff(model(base)))
     return m_base + total
 
 
-def _writer_deltas(model: TransformerModel, layout: GraphLayout, task: Task,
-                   direction: Direction) -> Tensor:
+def _writer_deltas(
+    model: TransformerModel, layout: GraphLayout, task: Task, direction: Direction
+) -> Tensor:
     """(n, pos, writers, d_model): source minus base activation of every writer."""
     base, source = base_and_source(task, direction)
     sites = [g.site for g in layout.writer_groups]
@@ -199,8 +208,9 @@ def _edge_matrix(
         sub = task.subset(chunk)
         deltas = _writer_deltas(model, layout, sub, direction)
         base, source = base_and_source(sub, direction)
-        grads, _ = _gradients(model, sub, reader_sites + writer_sites, base, source, ig_steps,
-                              gradient_rules)
+        grads, _ = _gradients(
+            model, sub, reader_sites + writer_sites, base, source, ig_steps, gradient_rules
+        )
         weight = (chunk.stop - chunk.start) / n
         # one matmul per reader group: (h, n*pos*d) @ (n*pos*d, writers so far)
         flat = deltas.permute(0, 1, 3, 2).reshape(-1, layout.n_writers)
@@ -241,16 +251,16 @@ def edge_attribution(
     _check_steps(ig_steps)
     graph = CircuitGraph.from_model(model) if graph is None else graph
     edge_model, layout = prepare_edge_model(model)
-    edges, nodes = _edge_matrix(edge_model, layout, task, direction, ig_steps, gradient_rules,
-                                rows_per_pass, progress)
+    edges, nodes = _edge_matrix(
+        edge_model, layout, task, direction, ig_steps, gradient_rules, rows_per_pass, progress
+    )
     return graph.with_scores(
         edge_scores=layout.from_matrix(graph, edges).float(),
         node_scores=layout.node_values(graph, nodes).float(),
         method="eap" if ig_steps == 1 else "eap-ig",
         metric=task.metric_name,
         task=task.name,
-        meta={**graph.meta, "direction": direction, "ig_steps": ig_steps,
-              "n_prompts": len(task)},
+        meta={**graph.meta, "direction": direction, "ig_steps": ig_steps, "n_prompts": len(task)},
     )
 
 
@@ -269,11 +279,16 @@ def node_attribution(
     _check_steps(ig_steps)
     graph = CircuitGraph.from_model(model) if graph is None else graph
     spec = model.spec
-    sites = ["input"] + [s for layer in range(spec.n_layers)
-                         for s in (f"a{layer}.result", f"m{layer}")]
+    sites = ["input"] + [
+        s for layer in range(spec.n_layers) for s in (f"a{layer}.result", f"m{layer}")
+    ]
     n = len(task)
-    per_site = {site: value.double().sum(0) for site, value in _site_scores(
-        model, task, sites, direction, ig_steps, gradient_rules, rows_per_pass)[0].items()}
+    per_site = {
+        site: value.double().sum(0)
+        for site, value in _site_scores(
+            model, task, sites, direction, ig_steps, gradient_rules, rows_per_pass
+        )[0].items()
+    }
     scores = torch.full((len(graph.node_names),), float("nan"), dtype=torch.float64)
     index = graph._node_index
     scores[index["input"]] = per_site["input"]
@@ -282,7 +297,9 @@ def node_attribution(
             scores[index[f"a{layer}.h{head}"]] = per_site[f"a{layer}.result"][head]
         scores[index[f"m{layer}"]] = per_site[f"m{layer}"]
     return graph.with_scores(
-        node_scores=scores.float(), method="atp" if ig_steps == 1 else "ig-nodes",
-        metric=task.metric_name, task=task.name,
+        node_scores=scores.float(),
+        method="atp" if ig_steps == 1 else "ig-nodes",
+        metric=task.metric_name,
+        task=task.name,
         meta={**graph.meta, "direction": direction, "ig_steps": ig_steps, "n_prompts": n},
     )

@@ -40,7 +40,9 @@ class MethodEntry:
 METHODS: dict[str, MethodEntry] = {}
 
 
-def register_method(name: str, *, levels: tuple[str, ...], description: str) -> Callable[[Method], Method]:
+def register_method(
+    name: str, *, levels: tuple[str, ...], description: str
+) -> Callable[[Method], Method]:
     """Register a discovery method under ``name`` (a decorator)."""
 
     def add(fn: Method) -> Method:
@@ -90,59 +92,132 @@ def discover(
             + did_you_mean(method, METHODS)
         )
     if level not in entry.levels:
-        raise InterpError(
-            f"Method {method!r} scores {' and '.join(entry.levels)}s, not {level}s."
-        )
+        raise InterpError(f"Method {method!r} scores {' and '.join(entry.levels)}s, not {level}s.")
     start = time.perf_counter()
     graph = entry.fn(model, task, level, **options)
     seconds = time.perf_counter() - start
-    return graph.copy(method=method, meta={**graph.meta, "level": level, "seconds": seconds,
-                                           "n_prompts": len(task)})
+    return graph.copy(
+        method=method,
+        meta={**graph.meta, "level": level, "seconds": seconds, "n_prompts": len(task)},
+    )
 
 
-@register_method("activation-patching", levels=("node", "edge"),
-                 description="patch each node (or, slowly, each edge) alone: the ground truth")
-def _activation_patching(model: TransformerModel, task: Task, level: str, *,
-                         direction: str = "denoising", progress: bool | None = None,
-                         **options: Any) -> CircuitGraph:
-    graph = CircuitGraph.from_model(model, metric=task.metric_name, task=task.name,
-                                    meta={"direction": direction})
+@register_method(
+    "activation-patching",
+    levels=("node", "edge"),
+    description="patch each node (or, slowly, each edge) alone: the ground truth",
+)
+def _activation_patching(
+    model: TransformerModel,
+    task: Task,
+    level: str,
+    *,
+    direction: str = "denoising",
+    progress: bool | None = None,
+    **options: Any,
+) -> CircuitGraph:
+    graph = CircuitGraph.from_model(
+        model, metric=task.metric_name, task=task.name, meta={"direction": direction}
+    )
     if level == "edge":
-        scores = exact_edge_scores(model, graph, task, direction=direction, progress=progress,
-                                   **options)
+        scores = exact_edge_scores(
+            model, graph, task, direction=direction, progress=progress, **options
+        )
         return graph.with_scores(edge_scores=scores)
-    return _node_graph(model, task, graph, lambda component, **kw: activation_patching(
-        model, task, component, direction=direction, progress=progress, **kw, **options))
+    return _node_graph(
+        model,
+        task,
+        graph,
+        lambda component, **kw: activation_patching(
+            model, task, component, direction=direction, progress=progress, **kw, **options
+        ),
+    )
 
 
-@register_method("lookahead", levels=("node",),
-                 description="k exact blocks after each patch, then the gradient (default k=2)")
-def _lookahead(model: TransformerModel, task: Task, level: str, *, blocks: int = 2,
-               direction: str = "denoising", progress: bool | None = None,
-               **options: Any) -> CircuitGraph:
-    graph = CircuitGraph.from_model(model, metric=task.metric_name, task=task.name,
-                                    meta={"direction": direction, "blocks": blocks})
-    return _node_graph(model, task, graph, lambda component, **kw: lookahead_patching(
-        model, task, component, blocks=blocks, direction=direction, progress=progress,
-        **{"per_position": False, **kw}, **options))
+@register_method(
+    "lookahead",
+    levels=("node",),
+    description="k exact blocks after each patch, then the gradient (default k=2)",
+)
+def _lookahead(
+    model: TransformerModel,
+    task: Task,
+    level: str,
+    *,
+    blocks: int = 2,
+    direction: str = "denoising",
+    progress: bool | None = None,
+    **options: Any,
+) -> CircuitGraph:
+    graph = CircuitGraph.from_model(
+        model,
+        metric=task.metric_name,
+        task=task.name,
+        meta={"direction": direction, "blocks": blocks},
+    )
+    return _node_graph(
+        model,
+        task,
+        graph,
+        lambda component, **kw: lookahead_patching(
+            model,
+            task,
+            component,
+            blocks=blocks,
+            direction=direction,
+            progress=progress,
+            **{"per_position": False, **kw},
+            **options,
+        ),
+    )
 
 
-@register_method("refined", levels=("node",),
-                 description="RelP-AH for every node, then exact patching of the largest for "
-                             "their cost until a budget is spent (default 0.05)")
-def _refined(model: TransformerModel, task: Task, level: str, *, budget: float = 0.05,
-             estimate: str = "relp-ah", direction: str = "denoising",
-             progress: bool | None = None, **options: Any) -> CircuitGraph:
-    graph = CircuitGraph.from_model(model, metric=task.metric_name, task=task.name,
-                                    meta={"direction": direction, "budget": budget,
-                                          "estimate": estimate})
-    return _node_graph(model, task, graph, lambda component, **kw: refined_patching(
-        model, task, component, budget=budget, estimate=estimate, direction=direction,
-        progress=progress, **{"per_position": False, **kw}, **options).values)
+@register_method(
+    "refined",
+    levels=("node",),
+    description="RelP-AH for every node, then exact patching of the largest for "
+    "their cost until a budget is spent (default 0.05)",
+)
+def _refined(
+    model: TransformerModel,
+    task: Task,
+    level: str,
+    *,
+    budget: float = 0.05,
+    estimate: str = "relp-ah",
+    direction: str = "denoising",
+    progress: bool | None = None,
+    **options: Any,
+) -> CircuitGraph:
+    graph = CircuitGraph.from_model(
+        model,
+        metric=task.metric_name,
+        task=task.name,
+        meta={"direction": direction, "budget": budget, "estimate": estimate},
+    )
+    return _node_graph(
+        model,
+        task,
+        graph,
+        lambda component, **kw: (
+            refined_patching(
+                model,
+                task,
+                component,
+                budget=budget,
+                estimate=estimate,
+                direction=direction,
+                progress=progress,
+                **{"per_position": False, **kw},
+                **options,
+            ).values
+        ),
+    )
 
 
-def _node_graph(model: TransformerModel, task: Task, graph: CircuitGraph,
-                patched: Callable[..., Tensor]) -> CircuitGraph:
+def _node_graph(
+    model: TransformerModel, task: Task, graph: CircuitGraph, patched: Callable[..., Tensor]
+) -> CircuitGraph:
     """Node scores ``m(patched) - m(base)`` of heads, MLPs and the input from a patching-like
     function ``patched(component, per_position=...)`` returning metrics per cell."""
     base, _ = base_and_source(task, graph.meta["direction"])
@@ -161,24 +236,32 @@ def _node_graph(model: TransformerModel, task: Task, graph: CircuitGraph,
     return graph.with_scores(node_scores=scores)
 
 
-@register_method("atp", levels=("node",),
-                 description="attribution patching: activation difference x gradient per node")
+@register_method(
+    "atp",
+    levels=("node",),
+    description="attribution patching: activation difference x gradient per node",
+)
 def _atp(model: TransformerModel, task: Task, level: str, **options: Any) -> CircuitGraph:
     return node_attribution(model, None, task, ig_steps=1, **options)
 
 
-@register_method("eap", levels=("edge", "node"),
-                 description="edge attribution patching (node level: AtP)")
+@register_method(
+    "eap", levels=("edge", "node"), description="edge attribution patching (node level: AtP)"
+)
 def _eap(model: TransformerModel, task: Task, level: str, **options: Any) -> CircuitGraph:
     if level == "node":
         return node_attribution(model, None, task, ig_steps=1, **options)
     return edge_attribution(model, None, task, ig_steps=1, **options)
 
 
-@register_method("eap-ig", levels=("edge", "node"),
-                 description="EAP with integrated gradients over the input embeddings (5 steps)")
-def _eap_ig(model: TransformerModel, task: Task, level: str, *, ig_steps: int = 5,
-            **options: Any) -> CircuitGraph:
+@register_method(
+    "eap-ig",
+    levels=("edge", "node"),
+    description="EAP with integrated gradients over the input embeddings (5 steps)",
+)
+def _eap_ig(
+    model: TransformerModel, task: Task, level: str, *, ig_steps: int = 5, **options: Any
+) -> CircuitGraph:
     if level == "node":
         return node_attribution(model, None, task, ig_steps=ig_steps, **options)
     return edge_attribution(model, None, task, ig_steps=ig_steps, **options)
@@ -195,8 +278,7 @@ def _relp(rule_set: str) -> Method:
             graph = node_attribution(model, None, task, gradient_rules=rules, **options)
         else:
             graph = edge_attribution(model, None, task, gradient_rules=rules, **options)
-        return graph.copy(meta={**graph.meta, "rules": rule_set,
-                                "experimental": level == "edge"})
+        return graph.copy(meta={**graph.meta, "rules": rule_set, "experimental": level == "edge"})
 
     return method
 
@@ -206,6 +288,6 @@ for _name, _description in (
     ("relp-ah", "RelP with the AH rule too (attention weights constant, CP-LRP)"),
     ("attnlrp", "RelP with AttnLRP's attention rule (q, k gradients / 4, v / 2)"),
 ):
-    register_method(_name, levels=("node", "edge"),
-                    description=_description + "; edge level is experimental")(
-        _relp({"relp": "relp", "relp-ah": "relp-ah", "attnlrp": "attnlrp"}[_name]))
+    register_method(
+        _name, levels=("node", "edge"), description=_description + "; edge level is experimental"
+    )(_relp({"relp": "relp", "relp-ah": "relp-ah", "attnlrp": "attnlrp"}[_name]))

@@ -59,20 +59,26 @@ class GraphLayout:
             for port in "qkv":
                 start = len(readers)
                 readers += [(head, port) for head in heads]
-                self.reader_groups.append(ReaderGroup(
-                    f"a{layer}<{port}>", tuple(range(start, start + H)), True, len(writers)))
+                self.reader_groups.append(
+                    ReaderGroup(
+                        f"a{layer}<{port}>", tuple(range(start, start + H)), True, len(writers)
+                    )
+                )
             start = len(writers)
             writers += heads
             self.writer_groups.append(
-                WriterGroup(f"a{layer}.result", tuple(range(start, start + H)), True))
+                WriterGroup(f"a{layer}.result", tuple(range(start, start + H)), True)
+            )
             readers.append((f"m{layer}", ""))
             self.reader_groups.append(
-                ReaderGroup(f"m{layer}.in", (len(readers) - 1,), False, len(writers)))
+                ReaderGroup(f"m{layer}.in", (len(readers) - 1,), False, len(writers))
+            )
             writers.append(f"m{layer}")
             self.writer_groups.append(WriterGroup(f"m{layer}", (len(writers) - 1,), False))
         readers.append(("logits", ""))
         self.reader_groups.append(
-            ReaderGroup(f"r{last}.post", (len(readers) - 1,), False, len(writers)))
+            ReaderGroup(f"r{last}.post", (len(readers) - 1,), False, len(writers))
+        )
         self.writers = writers
         self.readers = readers
         self.writer_index = {name: i for i, name in enumerate(writers)}
@@ -91,8 +97,10 @@ class GraphLayout:
         names = graph.node_names
         try:
             w = [self.writer_index[names[s]] for s in graph.edge_src.tolist()]
-            r = [self.reader_index[(names[d], graph.ports[p])]
-                 for d, p in zip(graph.edge_dst.tolist(), graph.edge_port.tolist(), strict=True)]
+            r = [
+                self.reader_index[(names[d], graph.ports[p])]
+                for d, p in zip(graph.edge_dst.tolist(), graph.edge_port.tolist(), strict=True)
+            ]
         except KeyError as err:
             raise InterpError(
                 f"The graph has an edge end {err.args[0]!r} that is not part of this model's "

@@ -29,8 +29,14 @@ from interp._progress import progress_bar
 
 from ._tasks import Task
 
-__all__ = ["COMPONENTS", "activation_patching", "base_and_source", "check_component",
-           "lookahead_patching", "patching_costs"]
+__all__ = [
+    "COMPONENTS",
+    "activation_patching",
+    "base_and_source",
+    "check_component",
+    "lookahead_patching",
+    "patching_costs",
+]
 
 Component = Literal["heads", "attn", "mlp", "resid"]
 Direction = Literal["denoising", "noising"]
@@ -68,8 +74,12 @@ def _cells(model: TransformerModel, component: str, per_position: bool, n_pos: i
     spec = model.spec
     heads = range(spec.n_heads) if component == "heads" else [None]
     positions = range(n_pos) if per_position else [None]
-    return [_Cell(layer, head, pos) for layer in range(spec.n_layers)
-            for pos in positions for head in heads]
+    return [
+        _Cell(layer, head, pos)
+        for layer in range(spec.n_layers)
+        for pos in positions
+        for head in heads
+    ]
 
 
 MIN_TOKENS_PER_PASS = 128  # a smaller pass costs more in overhead than a group wastes
@@ -112,9 +122,16 @@ def _start_layer(cell: _Cell, component: str, n_layers: int) -> int:
     return cell.layer + 1 if component == "mlp" and cell.layer + 1 < n_layers else cell.layer
 
 
-def _chunks(cells: list[_Cell], tokens_per_pass: int, n: int, n_pos: int, prefix: _Prefix,
-            component: str, n_layers: int,
-            across_layers: bool) -> Iterator[tuple[list[_Cell], int]]:
+def _chunks(
+    cells: list[_Cell],
+    tokens_per_pass: int,
+    n: int,
+    n_pos: int,
+    prefix: _Prefix,
+    component: str,
+    n_layers: int,
+    across_layers: bool,
+) -> Iterator[tuple[list[_Cell], int]]:
     """Groups of cells that ride in one pass, each with the first position it computes (that of
     its first cell, which also sets the block it starts at).
 
@@ -132,9 +149,15 @@ def _chunks(cells: list[_Cell], tokens_per_pass: int, n: int, n_pos: int, prefix
         group, rest = [head], []
         for i, cell in enumerate(remaining[1:], 1):  # layer-major order
             tokens = len(group) * n * positions
-            if len(group) >= per_pass or cell.layer != head.layer and not (
-                    across_layers and tokens < MIN_CROSS_LAYER_TOKENS
-                    and n_layers - _start_layer(cell, component, n_layers) >= GROUP_NEED * blocks):
+            if (
+                len(group) >= per_pass
+                or cell.layer != head.layer
+                and not (
+                    across_layers
+                    and tokens < MIN_CROSS_LAYER_TOKENS
+                    and n_layers - _start_layer(cell, component, n_layers) >= GROUP_NEED * blocks
+                )
+            ):
                 rest += remaining[i:]
                 break
             need = n_pos - prefix.begin(cell)
@@ -148,8 +171,14 @@ def _chunks(cells: list[_Cell], tokens_per_pass: int, n: int, n_pos: int, prefix
         remaining = rest
 
 
-def patching_costs(model: TransformerModel, task: Task, component: Component = "heads", *,
-                   per_position: bool = False, direction: Direction = "denoising") -> Tensor:
+def patching_costs(
+    model: TransformerModel,
+    task: Task,
+    component: Component = "heads",
+    *,
+    per_position: bool = False,
+    direction: Direction = "denoising",
+) -> Tensor:
     """The work of patching each cell exactly as :func:`activation_patching` does it: blocks
     run times positions computed (0 for cells that need no pass), in its result's shape.
 
@@ -165,11 +194,13 @@ def patching_costs(model: TransformerModel, task: Task, component: Component = "
     base, source = base_and_source(task, direction)
     n_pos, n_layers = base.shape[1], model.spec.n_layers
     prefix = _Prefix.of(task, base, source)
-    costs = [0 if prefix.noop(c) else
-             (n_layers - _start_layer(c, component, n_layers)) * (n_pos - prefix.begin(c))
-             for c in _cells(model, component, per_position, n_pos)]
-    return _shaped(torch.tensor(costs, dtype=torch.float64), model, component, per_position,
-                   n_pos)
+    costs = [
+        0
+        if prefix.noop(c)
+        else (n_layers - _start_layer(c, component, n_layers)) * (n_pos - prefix.begin(c))
+        for c in _cells(model, component, per_position, n_pos)
+    ]
+    return _shaped(torch.tensor(costs, dtype=torch.float64), model, component, per_position, n_pos)
 
 
 def _slice(activation: Tensor, cell: _Cell) -> Tensor:
@@ -177,8 +208,9 @@ def _slice(activation: Tensor, cell: _Cell) -> Tensor:
     return activation[:, cell.pos] if cell.head is None else activation[:, cell.pos, cell.head]
 
 
-def _patcher(cells: list[_Cell | None], source: Tensor, n: int,
-             begin: int = 0) -> Callable[[Tensor, Site], Tensor]:
+def _patcher(
+    cells: list[_Cell | None], source: Tensor, n: int, begin: int = 0
+) -> Callable[[Tensor, Site], Tensor]:
     """A hook putting, in stacked copy k, cell k's slice of the source activation (copies whose
     cell is ``None`` are left alone).
 
@@ -191,8 +223,7 @@ def _patcher(cells: list[_Cell | None], source: Tensor, n: int,
             if cell is None:
                 continue
             index: tuple = (k, slice(None), slice(None) if cell.pos is None else cell.pos - begin)
-            src_index: tuple = (slice(None),
-                                slice(begin, None) if cell.pos is None else cell.pos)
+            src_index: tuple = (slice(None), slice(begin, None) if cell.pos is None else cell.pos)
             if cell.head is not None:
                 index += (cell.head,)
                 src_index += (cell.head,)
@@ -248,8 +279,9 @@ def activation_patching(
     shape = _result_shape(model, component, per_position, task.clean.shape[1])
     if cells is not None and tuple(cells.shape) != shape:
         raise ShapeError(f"cells must be a mask of shape {shape}; got {tuple(cells.shape)}.")
-    values = _patch_cells(model, task, component, per_position, direction, tokens_per_pass,
-                          progress, only=cells)
+    values = _patch_cells(
+        model, task, component, per_position, direction, tokens_per_pass, progress, only=cells
+    )
     return values.view(shape)
 
 
@@ -291,13 +323,28 @@ def lookahead_patching(
     """
     if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
         raise InterpError(f"blocks must be an integer >= 1 (0 is plain AtP); got {blocks!r}.")
-    values = _patch_cells(model, task, component, per_position, direction, tokens_per_pass,
-                          progress, blocks=blocks, gradient_rules=gradient_rules)
+    values = _patch_cells(
+        model,
+        task,
+        component,
+        per_position,
+        direction,
+        tokens_per_pass,
+        progress,
+        blocks=blocks,
+        gradient_rules=gradient_rules,
+    )
     return _shaped(values, model, component, per_position, task.clean.shape[1])
 
 
-def _shortcuts_exact(model: TransformerModel, inputs: Any, first: int, task: Task,
-                     base_logits: Tensor, attn_out: Tensor | None) -> bool:
+def _shortcuts_exact(
+    model: TransformerModel,
+    inputs: Any,
+    first: int,
+    task: Task,
+    base_logits: Tensor,
+    attn_out: Tensor | None,
+) -> bool:
     """Whether restarting the base run at position ``first`` (earlier keys and values read from
     the recorded run), with block 0's attention output given as ``attn_out`` instead of
     computed, gives back its logits: one forward pass, against silent mis-slicing."""
@@ -305,9 +352,14 @@ def _shortcuts_exact(model: TransformerModel, inputs: Any, first: int, task: Tas
     try:
         with torch.no_grad():
             again = model.forward_from(
-                0, inputs.resid[0][:, first:], inputs, start=first, vocab=vocab,
+                0,
+                inputs.resid[0][:, first:],
+                inputs,
+                start=first,
+                vocab=vocab,
                 positions=task.last_positions(),
-                attn_out=None if attn_out is None else attn_out[:, first:])
+                attn_out=None if attn_out is None else attn_out[:, first:],
+            )
     except (RuntimeError, ValueError, IndexError, TypeError):  # shapes that do not fit
         return False
     rows = torch.arange(len(task), device=base_logits.device)
@@ -320,8 +372,9 @@ def _stacked(x: Tensor, copies: int) -> Tensor:
     return x.repeat(copies, *[1] * (x.ndim - 1))
 
 
-def _result_shape(model: TransformerModel, component: str, per_position: bool,
-                  n_pos: int) -> tuple[int, ...]:
+def _result_shape(
+    model: TransformerModel, component: str, per_position: bool, n_pos: int
+) -> tuple[int, ...]:
     """(layer, [pos,] [head]): one value per cell."""
     shape: tuple[int, ...] = (model.spec.n_layers,)
     if per_position:
@@ -331,8 +384,9 @@ def _result_shape(model: TransformerModel, component: str, per_position: bool,
     return shape
 
 
-def _shaped(values: Tensor, model: TransformerModel, component: str, per_position: bool,
-            n_pos: int) -> Tensor:
+def _shaped(
+    values: Tensor, model: TransformerModel, component: str, per_position: bool, n_pos: int
+) -> Tensor:
     return values.view(_result_shape(model, component, per_position, n_pos))
 
 
@@ -362,8 +416,11 @@ def _patch_cells(
     with torch.no_grad():
         _, source_cache = model.run_with_cache(source, sites)
         base_logits, inputs = model.block_inputs(base, keep_kv=True)
-        base_cache = ({s: r for s, r in zip(sites, inputs.resid, strict=True)}
-                      if component == "resid" else model.run_with_cache(base, sites)[1])
+        base_cache = (
+            {s: r for s, r in zip(sites, inputs.resid, strict=True)}
+            if component == "resid"
+            else model.run_with_cache(base, sites)[1]
+        )
     m_base = task.logit_diff(base_logits)
     grads: dict[int, Tensor] = {}
     if blocks is not None and blocks < n_layers:
@@ -383,22 +440,35 @@ def _patch_cells(
     if component == "heads":
         with torch.no_grad():
             attn_out = model.attention_output(0, attn_out)
-    if ((prefix.first or skip_attention)
-            and not _shortcuts_exact(model, inputs, prefix.first, task, base_logits, attn_out)):
-        warnings.warn(f"Restarting {model.spec.name} at a later position, or with a given "
-                      "attention output, did not reproduce its logits (an attention or "
-                      "position-embedding layout this toolkit does not know); every position "
-                      "is recomputed and every attention run instead.", stacklevel=3)
+    if (prefix.first or skip_attention) and not _shortcuts_exact(
+        model, inputs, prefix.first, task, base_logits, attn_out
+    ):
+        warnings.warn(
+            f"Restarting {model.spec.name} at a later position, or with a given "
+            "attention output, did not reproduce its logits (an attention or "
+            "position-embedding layout this toolkit does not know); every position "
+            "is recomputed and every attention run instead.",
+            stacklevel=3,
+        )
         prefix, skip_attention = replace(prefix, first=None), False
     cells = _cells(model, component, per_position, n_pos)
     vocab = task.metric_tokens  # the metric reads these logits only
     device = inputs.resid[0].device
     values = torch.empty(len(cells), dtype=inputs.resid[0].dtype, device=device)
     # a cell whose source slice equals the base slice bit for bit patches nothing
-    noop = torch.tensor([c.pos is not None and (
-        prefix.noop(c) or torch.equal(_slice(source_cache[sites[c.layer]], c),
-                                          _slice(base_cache[sites[c.layer]], c))) for c in cells],
-                        device=device)
+    noop = torch.tensor(
+        [
+            c.pos is not None
+            and (
+                prefix.noop(c)
+                or torch.equal(
+                    _slice(source_cache[sites[c.layer]], c), _slice(base_cache[sites[c.layer]], c)
+                )
+            )
+            for c in cells
+        ],
+        device=device,
+    )
     values[noop] = m_base
     wanted = ~noop
     if only is not None:
@@ -409,16 +479,34 @@ def _patch_cells(
     slot = {cell: i for i, cell in enumerate(todo)}
     bar = progress_bar(total=len(todo), desc=f"patching {component}", progress=progress)
     with torch.no_grad(), bar:
-        for chunk, begin in _chunks(todo, tokens_per_pass, n, n_pos, prefix, component,
-                                    n_layers, across_layers=blocks is None):
+        for chunk, begin in _chunks(
+            todo,
+            tokens_per_pass,
+            n,
+            n_pos,
+            prefix,
+            component,
+            n_layers,
+            across_layers=blocks is None,
+        ):
             layer, copies = chunk[0].layer, len(chunk)
             site = Site.parse(sites[layer])
-            patch = _patcher([c if c.layer == layer else None for c in chunk],
-                             source_cache[sites[layer]], n, begin)
+            patch = _patcher(
+                [c if c.layer == layer else None for c in chunk],
+                source_cache[sites[layer]],
+                n,
+                begin,
+            )
             # cells of later layers (small groups only) are patched by hooks at their sites
-            hooks = {sites[later]: _patcher([c if c.layer == later else None for c in chunk],
-                                            source_cache[sites[later]], n, begin)
-                     for later in sorted({c.layer for c in chunk} - {layer})}
+            hooks = {
+                sites[later]: _patcher(
+                    [c if c.layer == later else None for c in chunk],
+                    source_cache[sites[later]],
+                    n,
+                    begin,
+                )
+                for later in sorted({c.layer for c in chunk} - {layer})
+            }
             base_here = _stacked(base_cache[sites[layer]][:, begin:], copies)
             resid, attn_out = base_here, None
             if component != "resid":
@@ -428,8 +516,11 @@ def _patch_cells(
             elif _start_layer(chunk[0], component, n_layers) > layer:
                 # the MLP output's difference is added to the residual leaving its block
                 layer += 1
-                resid = (_stacked(inputs.resid[layer][:, begin:], copies)
-                         + patch(base_here, site) - base_here)
+                resid = (
+                    _stacked(inputs.resid[layer][:, begin:], copies)
+                    + patch(base_here, site)
+                    - base_here
+                )
             elif component == "mlp" or not skip_attention:
                 hooks[sites[layer]] = patch
             else:  # the patched attention's output, given: that attention is not run
@@ -438,9 +529,16 @@ def _patch_cells(
                     attn_out = model.attention_output(layer, attn_out)
             stop = None if blocks is None or layer + blocks >= n_layers else layer + blocks
             with model.hooks(hooks):
-                out = model.forward_from(layer, resid, inputs, start=begin, stop=stop,
-                                         positions=task.last_positions(copies), vocab=vocab,
-                                         attn_out=attn_out)
+                out = model.forward_from(
+                    layer,
+                    resid,
+                    inputs,
+                    start=begin,
+                    stop=stop,
+                    positions=task.last_positions(copies),
+                    vocab=vocab,
+                    attn_out=attn_out,
+                )
             if stop is None:
                 metric = task.logit_diff(out, per_copy=True, vocab=vocab)
             else:  # grad . delta at the residual entering block `stop`, per copy

@@ -86,12 +86,13 @@ def refined_patching(
     """
     if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 <= budget <= 1:
         raise InterpError(f"budget must be a share between 0 and 1; got {budget!r}.")
-    costs = patching_costs(model, task, component, per_position=per_position,
-                           direction=direction)
+    costs = patching_costs(model, task, component, per_position=per_position, direction=direction)
     first = _first_stage(model, task, component, estimate, per_position, direction)
     if tuple(first.shape) != tuple(costs.shape):
-        raise ShapeError(f"estimate must have activation patching's shape {tuple(costs.shape)}; "
-                         f"got {tuple(first.shape)}.")
+        raise ShapeError(
+            f"estimate must have activation patching's shape {tuple(costs.shape)}; "
+            f"got {tuple(first.shape)}."
+        )
     free = costs == 0  # cells whose patch changes nothing: the base metric, exactly
     if isinstance(estimate, str) and free.any():  # AtP and RelP give those cells m(base) too
         m_base = float(first[free.to(first.device)][0])
@@ -108,21 +109,36 @@ def refined_patching(
     values = first.detach().to(torch.float32).clone()
     values[free.to(values.device)] = m_base
     if chosen.any():
-        exact = activation_patching(model, task, component, per_position=per_position,
-                                    direction=direction, cells=chosen,
-                                    tokens_per_pass=tokens_per_pass, progress=progress)
+        exact = activation_patching(
+            model,
+            task,
+            component,
+            per_position=per_position,
+            direction=direction,
+            cells=chosen,
+            tokens_per_pass=tokens_per_pass,
+            progress=progress,
+        )
         values[chosen.to(values.device)] = exact[chosen.to(exact.device)].to(values.dtype)
     spent = float(costs[chosen].sum()) / total if total else 0.0
     return Refined(values, chosen | free, spent)
 
 
-def _first_stage(model: TransformerModel, task: Task, component: Component,
-                 estimate: str | Tensor, per_position: bool, direction: Direction) -> Tensor:
+def _first_stage(
+    model: TransformerModel,
+    task: Task,
+    component: Component,
+    estimate: str | Tensor,
+    per_position: bool,
+    direction: Direction,
+) -> Tensor:
     if isinstance(estimate, Tensor):
         return estimate
     if estimate not in ESTIMATES:
-        raise InterpError(f"estimate must be one of {list(ESTIMATES)} or a tensor; "
-                          f"got {estimate!r}.")
+        raise InterpError(
+            f"estimate must be one of {list(ESTIMATES)} or a tensor; got {estimate!r}."
+        )
     rules = None if estimate == "atp" else (lambda m: gradient_rules(m, estimate))
-    return attribution_patching(model, task, component, per_position=per_position,
-                                direction=direction, gradient_rules=rules)
+    return attribution_patching(
+        model, task, component, per_position=per_position, direction=direction, gradient_rules=rules
+    )

@@ -75,8 +75,9 @@ class Task:
         """The token ids the metric reads (sorted): logits of other tokens are not needed."""
         return torch.unique(torch.cat([self.answer, self.wrong]))
 
-    def logit_diff(self, logits: Tensor, *, per_copy: bool = False,
-                   vocab: Tensor | None = None) -> Tensor:
+    def logit_diff(
+        self, logits: Tensor, *, per_copy: bool = False, vocab: Tensor | None = None
+    ) -> Tensor:
         """Mean of ``logit(answer) - logit(wrong)`` at each prompt's last token.
 
         Parameters
@@ -92,7 +93,9 @@ class Task:
         n = len(self)
         copies = logits.shape[0] // n
         if logits.shape[0] != copies * n:
-            raise TaskError(f"Expected logits for copies of {n} prompts; got {logits.shape[0]} rows.")
+            raise TaskError(
+                f"Expected logits for copies of {n} prompts; got {logits.shape[0]} rows."
+            )
         rows = torch.arange(copies * n, device=logits.device)
         if logits.ndim == 3:
             logits = logits[rows, self.last_positions(copies).to(logits.device)]
@@ -110,17 +113,30 @@ class Task:
 
     def to(self, device: str | torch.device) -> Task:
         """The task with its token tensors on ``device`` (that of the model it is run on)."""
-        return replace(self, **{f: getattr(self, f).to(device)
-                                for f in ("clean", "corrupt", "lengths", "answer", "wrong")})
+        return replace(
+            self,
+            **{
+                f: getattr(self, f).to(device)
+                for f in ("clean", "corrupt", "lengths", "answer", "wrong")
+            },
+        )
 
     def subset(self, index: Sequence[int] | slice) -> Task:
         """The task restricted to some prompts."""
         idx = torch.arange(len(self), device=self.clean.device)[index]
         keep = idx.tolist()
         return Task(
-            self.name, self.clean[idx], self.corrupt[idx], self.lengths[idx], self.answer[idx],
-            self.wrong[idx], self.prepend_bos, tuple(self.clean_text[i] for i in keep),
-            tuple(self.corrupt_text[i] for i in keep), dict(self.meta), self.metric_name,
+            self.name,
+            self.clean[idx],
+            self.corrupt[idx],
+            self.lengths[idx],
+            self.answer[idx],
+            self.wrong[idx],
+            self.prepend_bos,
+            tuple(self.clean_text[i] for i in keep),
+            tuple(self.corrupt_text[i] for i in keep),
+            dict(self.meta),
+            self.metric_name,
         )
 
 
@@ -176,7 +192,10 @@ def task_from_pairs(
                 f"{len(corrupt_tok[i])}; patching needs equal lengths. Clean: {clean[i]!r}; "
                 f"corrupted: {corrupt[i]!r}."
             )
-        for label, text, out in (("answer", answers[i], answer_ids), ("wrong", wrongs[i], wrong_ids)):
+        for label, text, out in (
+            ("answer", answers[i], answer_ids),
+            ("wrong", wrongs[i], wrong_ids),
+        ):
             token = _single_token(model, text)
             if token is None:
                 pieces = model.tokenizer.tokenize(text)
@@ -225,9 +244,17 @@ def task_from_jsonl(model: TransformerModel, path: str | Path, *, prepend_bos: b
         where.append(f"{path.name} line {number}")
     if not where:
         raise TaskError(f"{path.name} has no prompt pairs.")
-    return task_from_pairs(model, rows["clean"], rows["corrupt"], rows["answer"], rows["wrong"],
-                           name=path.stem, prepend_bos=prepend_bos, where=where,
-                           meta={"source": str(path)})
+    return task_from_pairs(
+        model,
+        rows["clean"],
+        rows["corrupt"],
+        rows["answer"],
+        rows["wrong"],
+        name=path.stem,
+        prepend_bos=prepend_bos,
+        where=where,
+        meta={"source": str(path)},
+    )
 
 
 # -- IOI -----------------------------------------------------------------------------------------
@@ -328,10 +355,14 @@ def ioi_task(
         corrupt.append(corrupt_text)
         answers.append(" " + io)
         wrongs.append(" " + s)
-        meta_rows.append({"template": tid, "order": order, "io": io, "s": s,
-                          "abc": [c1, c2, c3]})
+        meta_rows.append({"template": tid, "order": order, "io": io, "s": s, "abc": [c1, c2, c3]})
     return task_from_pairs(
-        model, clean, corrupt, answers, wrongs, name="ioi", prepend_bos=prepend_bos,
-        meta={"seed": seed, "templates": templates, "prompts": meta_rows,
-              "n_names": len(names)},
+        model,
+        clean,
+        corrupt,
+        answers,
+        wrongs,
+        name="ioi",
+        prepend_bos=prepend_bos,
+        meta={"seed": seed, "templates": templates, "prompts": meta_rows, "n_names": len(names)},
     )

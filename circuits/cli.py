@@ -142,20 +142,24 @@ class Level(str, Enum):
     edge = "edge"
 
 
-def _run_discovery(model_name: str, task_name: str, method: str, level: str, n_prompts: int,
-                   top: int, seed: int) -> tuple[Any, Any, dict[str, Any]]:
+def _run_discovery(
+    model_name: str, task_name: str, method: str, level: str, n_prompts: int, top: int, seed: int
+) -> tuple[Any, Any, dict[str, Any]]:
     from circuits import discover, faithfulness
 
     model = _load(model_name)
     task = _task(model, task_name, n_prompts, seed)
-    typer.echo(f"task {task.name}: {len(task)} prompt pairs; running {method} ({level} level) ...",
-               err=True)
+    typer.echo(
+        f"task {task.name}: {len(task)} prompt pairs; running {method} ({level} level) ...",
+        err=True,
+    )
     graph = discover(model, task, method, level)
     circuit = graph.top(min(top, _n_scored(graph, level)), level=level)
     typer.echo("measuring faithfulness ...", err=True)
     result = faithfulness(model, circuit, task)
-    circuit = circuit.copy(meta={**circuit.meta, "faithfulness": result["faithfulness"],
-                                 "top": top, "seed": seed})
+    circuit = circuit.copy(
+        meta={**circuit.meta, "faithfulness": result["faithfulness"], "top": top, "seed": seed}
+    )
     return model, circuit, result
 
 
@@ -169,7 +173,10 @@ def _n_scored(graph: CircuitGraph, level: str) -> int:
 def discover(
     model: str = typer.Option("smollm2-135m", help="Model name or path."),
     task: str = typer.Option("ioi", help="'ioi' or a JSONL file of clean/corrupt/answer/wrong."),
-    method: str = typer.Option("eap-ig", help="A registered method: activation-patching, atp, eap, eap-ig, relp, relp-ah, attnlrp, lookahead, refined."),
+    method: str = typer.Option(
+        "eap-ig",
+        help="A registered method: activation-patching, atp, eap, eap-ig, relp, relp-ah, attnlrp, lookahead, refined.",
+    ),
     level: Level = typer.Option(Level.edge, help="Score edges or nodes."),
     n_prompts: int = typer.Option(16, help="IOI prompt pairs."),
     top: int = typer.Option(200, help="Keep the top K edges (or nodes)."),
@@ -177,8 +184,9 @@ def discover(
     out: Path = typer.Option(Path("out/circuit.json"), help="Where to write the circuit (JSON)."),
     png: Path = typer.Option(None, help="Also draw the circuit to this PNG."),
     html: Path = typer.Option(None, help="Also write a standalone HTML page."),
-    json_summary: bool = typer.Option(False, "--json-summary",
-                                      help="End with one line of JSON (for scripts)."),
+    json_summary: bool = typer.Option(
+        False, "--json-summary", help="End with one line of JSON (for scripts)."
+    ),
 ) -> None:
     """Discover a circuit, measure its faithfulness and write it out."""
     start = time.perf_counter()
@@ -200,11 +208,19 @@ def discover(
     )
     typer.echo("wrote " + ", ".join(written))
     if json_summary:
-        summary = {"method": method, "level": level.value, "n_nodes": result["n_nodes"],
-                   "n_edges": result["n_edges"], "faithfulness": result["faithfulness"],
-                   "metric": result["metric"], "clean": result["clean"],
-                   "corrupt": result["corrupt"], "seconds": seconds,
-                   "discovery_seconds": circuit.meta.get("seconds"), "out": str(out)}
+        summary = {
+            "method": method,
+            "level": level.value,
+            "n_nodes": result["n_nodes"],
+            "n_edges": result["n_edges"],
+            "faithfulness": result["faithfulness"],
+            "metric": result["metric"],
+            "clean": result["clean"],
+            "corrupt": result["corrupt"],
+            "seconds": seconds,
+            "discovery_seconds": circuit.meta.get("seconds"),
+            "out": str(out),
+        }
         typer.echo(json.dumps(summary))
 
 
@@ -225,7 +241,9 @@ def evaluate(
     g = _read_graph(graph)
     loaded = _load(model)
     if g.model is not None and (g.model.n_layers, g.model.n_heads) != (
-            loaded.spec.n_layers, loaded.spec.n_heads):
+        loaded.spec.n_layers,
+        loaded.spec.n_heads,
+    ):
         raise InterpError(
             f"The graph is for {g.model.name} ({g.model.n_layers} layers, {g.model.n_heads} "
             f"heads), not {loaded.spec.name}; pass the matching --model."
@@ -253,8 +271,10 @@ def demo(
     start = time.perf_counter()
     loaded, circuit, result = _run_discovery(model, "ioi", method, "edge", n_prompts, top, 0)
     prompt = DEMO_PROMPT
-    typer.echo(f"\n{prompt!r} -> " + ", ".join(
-        f"{tok!r} {p:.2f}" for tok, _, p in loaded.top_predictions(prompt, k=3)))
+    typer.echo(
+        f"\n{prompt!r} -> "
+        + ", ".join(f"{tok!r} {p:.2f}" for tok, _, p in loaded.top_predictions(prompt, k=3))
+    )
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "circuit.json", "png": out / "circuit.png", "html": out / "circuit.html"}
     circuit.to_json(paths["json"])

@@ -121,7 +121,9 @@ class _Views(Mapping):
             raise UnknownSiteError(
                 f"The graph has no {self._kind} {name!r}." + did_you_mean(name, self._index())
             )
-        return NodeView(self._graph, index) if self._kind == "node" else EdgeView(self._graph, index)
+        return (
+            NodeView(self._graph, index) if self._kind == "node" else EdgeView(self._graph, index)
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._index())
@@ -294,11 +296,13 @@ class CircuitGraph:
         """A new graph with the given scores (shapes checked), e.g. the output of a method."""
         new = self.copy(**fields)
         if node_scores is not None:
-            new.node_scores = _scores(node_scores, len(self.node_names), self.score_dtype,
-                                      "node_scores")
+            new.node_scores = _scores(
+                node_scores, len(self.node_names), self.score_dtype, "node_scores"
+            )
         if edge_scores is not None:
-            new.edge_scores = _scores(edge_scores, len(self.edge_src), self.score_dtype,
-                                      "edge_scores")
+            new.edge_scores = _scores(
+                edge_scores, len(self.edge_src), self.score_dtype, "edge_scores"
+            )
         return new
 
     # -- views and sizes ----------------------------------------------------------------------
@@ -413,8 +417,9 @@ class CircuitGraph:
             new.edge_in_graph = new.node_in_graph[self.edge_src] & new.node_in_graph[self.edge_dst]
         return new.prune() if prune else new
 
-    def top(self, k: int, *, level: Level = "edge", absolute: bool = True,
-            prune: bool = True) -> CircuitGraph:
+    def top(
+        self, k: int, *, level: Level = "edge", absolute: bool = True, prune: bool = True
+    ) -> CircuitGraph:
         """A new graph whose circuit is the ``k`` highest-scoring edges (or nodes).
 
         At node level, unscored (NaN) nodes such as ``input`` and ``logits`` stay in and the
@@ -431,8 +436,9 @@ class CircuitGraph:
         chosen[torch.argsort(scores, descending=True, stable=True)[:k]] = True
         return self._select(chosen, level, prune)
 
-    def threshold(self, x: float, *, level: Level = "edge", absolute: bool = True,
-                  prune: bool = True) -> CircuitGraph:
+    def threshold(
+        self, x: float, *, level: Level = "edge", absolute: bool = True, prune: bool = True
+    ) -> CircuitGraph:
         """A new graph whose circuit is every edge (or node) scoring at least ``x``."""
         if not isinstance(x, int | float) or math.isnan(x):
             raise InterpError(f"threshold must be a number; got {x!r}.")
@@ -541,8 +547,9 @@ class CircuitGraph:
 
         return edges_df(self)
 
-    def draw(self, path: Any = None, *, in_graph_only: bool = True, max_edges: int = 400,
-             ax: Any = None) -> Any:
+    def draw(
+        self, path: Any = None, *, in_graph_only: bool = True, max_edges: int = 400, ax: Any = None
+    ) -> Any:
         """Draw the circuit laid out by layer (matplotlib); saved as PNG or SVG by extension."""
         from ._graph_draw import draw
 

@@ -64,8 +64,15 @@ def _longest_path_layers(g: CircuitGraph, nodes: list[int], edges: list[int]) ->
     return layer
 
 
-def draw(g: CircuitGraph, path: Any = None, *, in_graph_only: bool = True, max_edges: int = 400,
-         ax: Any = None, format: str | None = None) -> Any:
+def draw(
+    g: CircuitGraph,
+    path: Any = None,
+    *,
+    in_graph_only: bool = True,
+    max_edges: int = 400,
+    ax: Any = None,
+    format: str | None = None,
+) -> Any:
     nodes, edges = _chosen(g, in_graph_only, max_edges)
     pos = _layout(g, nodes, edges)
     rows = {p[1] for p in pos.values()}
@@ -92,10 +99,17 @@ def draw(g: CircuitGraph, path: Any = None, *, in_graph_only: bool = True, max_e
     return fig if fig is not None else ax.figure
 
 
-def _draw_on(g: CircuitGraph, ax: Any, nodes: list[int], edges: list[int],
-             pos: dict[int, tuple[float, float]]) -> None:
-    scale = max((abs(float(g.edge_scores[e])) for e in edges
-                 if not math.isnan(float(g.edge_scores[e]))), default=0.0)
+def _draw_on(
+    g: CircuitGraph,
+    ax: Any,
+    nodes: list[int],
+    edges: list[int],
+    pos: dict[int, tuple[float, float]],
+) -> None:
+    scale = max(
+        (abs(float(g.edge_scores[e])) for e in edges if not math.isnan(float(g.edge_scores[e]))),
+        default=0.0,
+    )
     for e in edges:
         s, d = int(g.edge_src[e]), int(g.edge_dst[e])
         if s not in pos or d not in pos:
@@ -103,15 +117,32 @@ def _draw_on(g: CircuitGraph, ax: Any, nodes: list[int], edges: list[int],
         score = float(g.edge_scores[e])
         strength = abs(score) / scale if scale and not math.isnan(score) else 0.2
         (x0, y0), (x1, y1) = pos[s], pos[d]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops={"arrowstyle": "-|>", "lw": 0.3 + 3 * strength,
-                                "color": "#b2182b" if score < 0 else "#2166ac",
-                                "alpha": 0.25 + 0.6 * strength, "shrinkA": 9, "shrinkB": 9})
+        ax.annotate(
+            "",
+            xy=(x1, y1),
+            xytext=(x0, y0),
+            arrowprops={
+                "arrowstyle": "-|>",
+                "lw": 0.3 + 3 * strength,
+                "color": "#b2182b" if score < 0 else "#2166ac",
+                "alpha": 0.25 + 0.6 * strength,
+                "shrinkA": 9,
+                "shrinkB": 9,
+            },
+        )
     for i in nodes:
         x, y = pos[i]
         name = g.node_names[i]
-        ax.text(x, y, name, ha="center", va="center", fontsize=8, zorder=3,
-                bbox={"boxstyle": "round,pad=0.3", "fc": _node_color(name), "ec": "#444444"})
+        ax.text(
+            x,
+            y,
+            name,
+            ha="center",
+            va="center",
+            fontsize=8,
+            zorder=3,
+            bbox={"boxstyle": "round,pad=0.3", "fc": _node_color(name), "ec": "#444444"},
+        )
     xs = [p[0] for p in pos.values()] or [0]
     ys = [p[1] for p in pos.values()] or [0]
     ax.set_xlim(min(xs) - 1, max(xs) + 1)
@@ -127,7 +158,7 @@ def _svg(g: CircuitGraph, max_edges: int) -> str:
     buffer = io.StringIO()
     draw(g, buffer, max_edges=max_edges, format="svg")
     text = buffer.getvalue()
-    return text[text.index("<svg"):]
+    return text[text.index("<svg") :]
 
 
 def _table(df: Any, k: int) -> str:
@@ -137,7 +168,8 @@ def _table(df: Any, k: int) -> str:
     for _, row in df.iterrows():
         cells = "".join(
             f"<td>{html.escape(f'{v:.6g}' if isinstance(v, float) else str(v))}</td>"
-            for c, v in row.items() if c != "abs"
+            for c, v in row.items()
+            if c != "abs"
         )
         rows.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"

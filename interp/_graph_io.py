@@ -78,9 +78,7 @@ def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], wher
     value = data[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise GraphFormatError(
-            f"{where}.{key}: expected {names}, got {type(value).__name__}."
-        )
+        raise GraphFormatError(f"{where}.{key}: expected {names}, got {type(value).__name__}.")
     return value
 
 
@@ -89,7 +87,9 @@ def _list(data: dict[str, Any], key: str, n: int | None, item: type, where: str)
     if n is not None and len(values) != n:
         raise GraphFormatError(f"{where}.{key}: expected {n} entries, got {len(values)}.")
     for i, v in enumerate(values):
-        if item is not object and (not isinstance(v, item) or (item is int and isinstance(v, bool))):
+        if item is not object and (
+            not isinstance(v, item) or (item is int and isinstance(v, bool))
+        ):
             raise GraphFormatError(
                 f"{where}.{key}[{i}]: expected {item.__name__}, got {type(v).__name__} ({v!r})."
             )
@@ -100,8 +100,11 @@ def graph_from_dict(data: Any) -> CircuitGraph:
     if not isinstance(data, dict):
         raise GraphFormatError(f"A circuit graph is a JSON object; got {type(data).__name__}.")
     if data.get("format") != FORMAT:
-        hint = " It looks like an EAP-IG graph: use CircuitGraph.from_eap_ig." if {
-            "cfg", "nodes", "edges"} <= set(data) else ""
+        hint = (
+            " It looks like an EAP-IG graph: use CircuitGraph.from_eap_ig."
+            if {"cfg", "nodes", "edges"} <= set(data)
+            else ""
+        )
         raise GraphFormatError(
             f"Not a circuit-graph file: 'format' is {data.get('format')!r}, expected {FORMAT!r}."
             + hint
@@ -112,8 +115,20 @@ def graph_from_dict(data: Any) -> CircuitGraph:
             f"graph.format_version is {version}; this toolkit reads version {FORMAT_VERSION}. "
             "Upgrade interp-toolkit to read newer files."
         )
-    expected = {"format", "format_version", "toolkit_version", "method", "metric", "task",
-                "model", "meta", "score_dtype", "ports", "nodes", "edges"}
+    expected = {
+        "format",
+        "format_version",
+        "toolkit_version",
+        "method",
+        "metric",
+        "task",
+        "model",
+        "meta",
+        "score_dtype",
+        "ports",
+        "nodes",
+        "edges",
+    }
     extra, missing = sorted(set(data) - expected), sorted(expected - set(data))
     if extra or missing:
         raise GraphFormatError(f"graph: unknown keys {extra}, missing keys {missing}.")
@@ -122,16 +137,19 @@ def graph_from_dict(data: Any) -> CircuitGraph:
             raise GraphFormatError(f"graph.{key}: expected a string or null.")
     dtype_name = _require(data, "score_dtype", str, "graph")
     if dtype_name not in SCORE_DTYPES:
-        raise GraphFormatError(f"graph.score_dtype: expected one of {list(SCORE_DTYPES)}, "
-                               f"got {dtype_name!r}.")
+        raise GraphFormatError(
+            f"graph.score_dtype: expected one of {list(SCORE_DTYPES)}, got {dtype_name!r}."
+        )
     meta = _require(data, "meta", dict, "graph")
     model = None if data["model"] is None else ModelSpec.from_dict(data["model"])
     ports = _list(data, "ports", None, str, "graph")
     nodes = _require(data, "nodes", dict, "graph")
     names = _list(nodes, "names", None, str, "graph.nodes")
     n = len(names)
-    node_scores = [_decode(x, f"graph.nodes.scores[{i}]")
-                   for i, x in enumerate(_list(nodes, "scores", n, object, "graph.nodes"))]
+    node_scores = [
+        _decode(x, f"graph.nodes.scores[{i}]")
+        for i, x in enumerate(_list(nodes, "scores", n, object, "graph.nodes"))
+    ]
     node_in = _list(nodes, "in_graph", n, bool, "graph.nodes")
     edges = _require(data, "edges", dict, "graph")
     src = _list(edges, "src", None, int, "graph.edges")
@@ -144,8 +162,10 @@ def graph_from_dict(data: Any) -> CircuitGraph:
             raise GraphFormatError(
                 f"graph.edges.{key}[{bad}]: index {idx[bad]} out of range (0..{bound - 1})."
             )
-    edge_scores = [_decode(x, f"graph.edges.scores[{i}]")
-                   for i, x in enumerate(_list(edges, "scores", e, object, "graph.edges"))]
+    edge_scores = [
+        _decode(x, f"graph.edges.scores[{i}]")
+        for i, x in enumerate(_list(edges, "scores", e, object, "graph.edges"))
+    ]
     edge_in = _list(edges, "in_graph", e, bool, "graph.edges")
     triples = [(names[s], names[d], ports[p]) for s, d, p in zip(src, dst, port, strict=True)]
     dtype = SCORE_DTYPES[dtype_name]
@@ -312,7 +332,7 @@ def node_layer(name: str, n_layers: int | None = None) -> float | None:
         return float(2 * (n_layers or 0) + 1) if n_layers is not None else math.inf
     if name.startswith("a") and ".h" in name:
         try:
-            return 2 * int(name[1:name.index(".")]) + 1.0
+            return 2 * int(name[1 : name.index(".")]) + 1.0
         except ValueError:
             return None
     if name.startswith("m") and name[1:].isdigit():
@@ -321,9 +341,14 @@ def node_layer(name: str, n_layers: int | None = None) -> float | None:
 
 
 def _graph_attrs(g: CircuitGraph) -> dict[str, Any]:
-    attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "toolkit_version": g.version,
-             "score_dtype": {v: k for k, v in SCORE_DTYPES.items()}[g.score_dtype],
-             "ports": json.dumps(list(g.ports)), "meta": json.dumps(g.meta)}
+    attrs = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "toolkit_version": g.version,
+        "score_dtype": {v: k for k, v in SCORE_DTYPES.items()}[g.score_dtype],
+        "ports": json.dumps(list(g.ports)),
+        "meta": json.dumps(g.meta),
+    }
     for key in ("method", "metric", "task"):
         if getattr(g, key) is not None:
             attrs[key] = getattr(g, key)
@@ -340,13 +365,21 @@ def to_networkx(g: CircuitGraph, *, in_graph_only: bool = False) -> Any:
         if in_graph_only and not g.node_in_graph[i]:
             continue
         out.add_node(name, score=float(g.node_scores[i]), in_graph=bool(g.node_in_graph[i]))
-    for i, (s, d, p) in enumerate(zip(g.edge_src.tolist(), g.edge_dst.tolist(),
-                                      g.edge_port.tolist(), strict=True)):
+    for i, (s, d, p) in enumerate(
+        zip(g.edge_src.tolist(), g.edge_dst.tolist(), g.edge_port.tolist(), strict=True)
+    ):
         if in_graph_only and not g.edge_in_graph[i]:
             continue
         port = g.ports[p]
-        out.add_edge(g.node_names[s], g.node_names[d], key=port, port=port, order=i,
-                     score=float(g.edge_scores[i]), in_graph=bool(g.edge_in_graph[i]))
+        out.add_edge(
+            g.node_names[s],
+            g.node_names[d],
+            key=port,
+            port=port,
+            order=i,
+            score=float(g.edge_scores[i]),
+            in_graph=bool(g.edge_in_graph[i]),
+        )
     return out
 
 
@@ -411,16 +444,20 @@ def _dot_id(name: str) -> str:
 
 def to_dot(g: CircuitGraph, path: Any = None, *, in_graph_only: bool = True) -> str:
     scale = _score_scale(g, in_graph_only)
-    lines = ["digraph circuit {", "  rankdir=BT;", '  node [shape=box, style="filled,rounded", '
-             'fontname="Helvetica"];']
+    lines = [
+        "digraph circuit {",
+        "  rankdir=BT;",
+        '  node [shape=box, style="filled,rounded", fontname="Helvetica"];',
+    ]
     for i, name in enumerate(g.node_names):
         if in_graph_only and not g.node_in_graph[i]:
             continue
         score = float(g.node_scores[i])
         label = name if math.isnan(score) else f"{name}\\n{score:.3g}"
         lines.append(f'  {_dot_id(name)} [label="{label}", fillcolor="{_node_color(name)}"];')
-    for i, (s, d, p) in enumerate(zip(g.edge_src.tolist(), g.edge_dst.tolist(),
-                                      g.edge_port.tolist(), strict=True)):
+    for i, (s, d, p) in enumerate(
+        zip(g.edge_src.tolist(), g.edge_dst.tolist(), g.edge_port.tolist(), strict=True)
+    ):
         if in_graph_only and not g.edge_in_graph[i]:
             continue
         score = float(g.edge_scores[i])
@@ -428,8 +465,10 @@ def to_dot(g: CircuitGraph, path: Any = None, *, in_graph_only: bool = True) -> 
         color = "#2166ac" if not score < 0 else "#b2182b"
         port = g.ports[p]
         label = f', label="{port}"' if port else ""
-        lines.append(f"  {_dot_id(g.node_names[s])} -> {_dot_id(g.node_names[d])} "
-                     f'[penwidth={width:.2f}, color="{color}"{label}];')
+        lines.append(
+            f"  {_dot_id(g.node_names[s])} -> {_dot_id(g.node_names[d])} "
+            f'[penwidth={width:.2f}, color="{color}"{label}];'
+        )
     lines.append("}")
     text = "\n".join(lines) + "\n"
     if path is not None:
@@ -457,26 +496,30 @@ def nodes_df(g: CircuitGraph) -> Any:
     import pandas as pd
 
     n_layers = g.model.n_layers if g.model else None
-    return pd.DataFrame({
-        "name": list(g.node_names),
-        "score": g.node_scores.double().numpy(),
-        "in_graph": g.node_in_graph.numpy(),
-        "layer": [node_layer(n, n_layers) for n in g.node_names],
-    })
+    return pd.DataFrame(
+        {
+            "name": list(g.node_names),
+            "score": g.node_scores.double().numpy(),
+            "in_graph": g.node_in_graph.numpy(),
+            "layer": [node_layer(n, n_layers) for n in g.node_names],
+        }
+    )
 
 
 def edges_df(g: CircuitGraph) -> Any:
     import pandas as pd
 
     names = g.node_names
-    return pd.DataFrame({
-        "name": g.edge_names(),
-        "src": [names[i] for i in g.edge_src.tolist()],
-        "dst": [names[i] for i in g.edge_dst.tolist()],
-        "port": [g.ports[i] for i in g.edge_port.tolist()],
-        "score": g.edge_scores.double().numpy(),
-        "in_graph": g.edge_in_graph.numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "name": g.edge_names(),
+            "src": [names[i] for i in g.edge_src.tolist()],
+            "dst": [names[i] for i in g.edge_dst.tolist()],
+            "port": [g.ports[i] for i in g.edge_port.tolist()],
+            "score": g.edge_scores.double().numpy(),
+            "in_graph": g.edge_in_graph.numpy(),
+        }
+    )
 
 
 def to_csv(g: CircuitGraph, path: Any) -> None:
@@ -484,14 +527,24 @@ def to_csv(g: CircuitGraph, path: Any) -> None:
         writer = csv.writer(f)
         writer.writerow(["element", "name", "src", "dst", "port", "score", "in_graph"])
         for i, name in enumerate(g.node_names):
-            writer.writerow(["node", name, "", "", "", repr(float(g.node_scores[i])),
-                             bool(g.node_in_graph[i])])
+            writer.writerow(
+                ["node", name, "", "", "", repr(float(g.node_scores[i])), bool(g.node_in_graph[i])]
+            )
         names = g.node_names
-        for i, (s, d, p) in enumerate(zip(g.edge_src.tolist(), g.edge_dst.tolist(),
-                                          g.edge_port.tolist(), strict=True)):
-            writer.writerow(["edge", edge_name(names[s], names[d], g.ports[p]), names[s],
-                             names[d], g.ports[p], repr(float(g.edge_scores[i])),
-                             bool(g.edge_in_graph[i])])
+        for i, (s, d, p) in enumerate(
+            zip(g.edge_src.tolist(), g.edge_dst.tolist(), g.edge_port.tolist(), strict=True)
+        ):
+            writer.writerow(
+                [
+                    "edge",
+                    edge_name(names[s], names[d], g.ports[p]),
+                    names[s],
+                    names[d],
+                    g.ports[p],
+                    repr(float(g.edge_scores[i])),
+                    bool(g.edge_in_graph[i]),
+                ]
+            )
 
 
 def summary(g: CircuitGraph, k: int = 10) -> str:

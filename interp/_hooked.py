@@ -190,7 +190,10 @@ class HookedModel:
             names = [str(s) for s in self.sites()]
             raise UnknownSiteError(
                 f"This model has no site {str(parsed)!r}."
-                + (did_you_mean(str(whole), names) or f" It has {len(names)} sites, e.g. {names[:6]}.")
+                + (
+                    did_you_mean(str(whole), names)
+                    or f" It has {len(names)} sites, e.g. {names[:6]}."
+                )
             )
         return parsed
 
@@ -418,8 +421,9 @@ def _inject_kv(bridge: nn.Module, layers: Iterable[int], cache: _PrefixKV) -> li
     def inject(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]):
         return args, {**kwargs, "past_key_values": cache}
 
-    return [bridge.blocks[i].attn.register_forward_pre_hook(inject, with_kwargs=True)
-            for i in layers]
+    return [
+        bridge.blocks[i].attn.register_forward_pre_hook(inject, with_kwargs=True) for i in layers
+    ]
 
 
 class _Returning:
@@ -727,20 +731,29 @@ class TransformerModel(HookedModel):
             )
         n_pos = inputs.resid[0].shape[1]
         if resid.shape[1] != n_pos - start:
-            raise ShapeError(f"forward_from(start={start}) needs a residual of {n_pos - start} "
-                             f"positions; got {resid.shape[1]}.")
+            raise ShapeError(
+                f"forward_from(start={start}) needs a residual of {n_pos - start} "
+                f"positions; got {resid.shape[1]}."
+            )
         if start and inputs.kv is None:
             raise InterpError("forward_from(start=...) needs block_inputs(..., keep_kv=True).")
         copies = resid.shape[0] // inputs.batch
         end = len(self.bridge.blocks) if stop is None else stop
         handles = []
         if start:
-            prefix = {i: tuple(_tile(t[..., :start, :], inputs.batch, copies) for t in kv)
-                      for i, kv in inputs.kv.items() if layer <= i < end}
+            prefix = {
+                i: tuple(_tile(t[..., :start, :], inputs.batch, copies) for t in kv)
+                for i, kv in inputs.kv.items()
+                if layer <= i < end
+            }
             handles = _inject_kv(self.bridge, range(layer, end), _PrefixKV(prefix))
         last = self.bridge.blocks[end - 1]
-        if (stop is None and positions is not None and end - 1 > layer
-                and not any(s.layer == end - 1 for s in self._live_sites)):
+        if (
+            stop is None
+            and positions is not None
+            and end - 1 > layer
+            and not any(s.layer == end - 1 for s in self._live_sites)
+        ):
             handles += _mlp_at_rows(last.mlp, positions - start)
         given = None
         if attn_out is not None:
@@ -750,16 +763,17 @@ class TransformerModel(HookedModel):
         try:
             for i in range(layer, end):
                 args = _tile(_from_position(inputs.args[i], start, n_pos), inputs.batch, copies)
-                kwargs = _tile(_from_position(inputs.kwargs[i], start, n_pos), inputs.batch,
-                               copies)
+                kwargs = _tile(_from_position(inputs.kwargs[i], start, n_pos), inputs.batch, copies)
                 out = self.bridge.blocks[i](h, *args, **kwargs)
                 h = out[0] if isinstance(out, tuple) else out
         finally:
             for handle in handles:
                 handle.remove()
         if given is not None and not given.called:
-            raise InterpError(f"Block {layer} did not call its attention module, so the attention "
-                              "output given to forward_from was not used.")
+            raise InterpError(
+                f"Block {layer} did not call its attention module, so the attention "
+                "output given to forward_from was not used."
+            )
         if stop is not None:
             return h
         if positions is not None:
@@ -792,8 +806,10 @@ class TransformerModel(HookedModel):
         out = [Site("input")]
         for layer in range(self.spec.n_layers):
             out += [Site("resid", layer, "pre")]
-            out += [Site("attn", layer, f)
-                    for f in ("out", "result", "z", "q", "k", "v", "pattern", "scores")]
+            out += [
+                Site("attn", layer, f)
+                for f in ("out", "result", "z", "q", "k", "v", "pattern", "scores")
+            ]
             if ports:
                 out += [Site("attn", layer, port=p) for p in ("q", "k", "v")]
             if heads:
@@ -950,4 +966,3 @@ def wrap(model: nn.Module, spec: ModelSpec | None = None) -> HookedModel:
 
         return TransformerModel(model, spec or spec_from_bridge(model, name="bridge"))
     return ModuleModel(model)
-

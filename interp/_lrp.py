@@ -74,8 +74,9 @@ def _pass_through_hook(eps: float):
 
 
 @contextlib.contextmanager
-def lrp_rules(model: nn.Module, composite: str = "epsilon-plus", *,
-              epsilon: float = 1e-6) -> Iterator[nn.Module]:
+def lrp_rules(
+    model: nn.Module, composite: str = "epsilon-plus", *, epsilon: float = 1e-6
+) -> Iterator[nn.Module]:
     """Install LRP rules on a plain torch model while the context is open.
 
     Parameters
@@ -87,8 +88,10 @@ def lrp_rules(model: nn.Module, composite: str = "epsilon-plus", *,
         The epsilon rule's stabiliser.
     """
     if composite not in COMPOSITES:
-        raise InterpError(f"Unknown LRP composite {composite!r}; known: {', '.join(COMPOSITES)}."
-                          + did_you_mean(composite, COMPOSITES))
+        raise InterpError(
+            f"Unknown LRP composite {composite!r}; known: {', '.join(COMPOSITES)}."
+            + did_you_mean(composite, COMPOSITES)
+        )
     if model.training:
         raise InterpError("LRP needs the model in eval mode: call model.eval() first.")
     weighted = [m for m in model.modules() if isinstance(m, _WEIGHTED)]
@@ -100,7 +103,8 @@ def lrp_rules(model: nn.Module, composite: str = "epsilon-plus", *,
             first = i == 0
             use_zplus = not first and (
                 composite == "zplus"
-                or (composite == "epsilon-plus" and not isinstance(module, nn.Linear)))
+                or (composite == "epsilon-plus" and not isinstance(module, nn.Linear))
+            )
             hook = _zplus_hook(epsilon) if use_zplus else _epsilon_hook(epsilon)
             handles.append(module.register_forward_hook(hook))
         for module in model.modules():
@@ -112,8 +116,14 @@ def lrp_rules(model: nn.Module, composite: str = "epsilon-plus", *,
             handle.remove()
 
 
-def lrp(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *,
-        composite: str = "epsilon-plus", epsilon: float = 1e-6) -> Tensor:
+def lrp(
+    model: nn.Module,
+    x: Tensor,
+    target: int | Tensor | None = None,
+    *,
+    composite: str = "epsilon-plus",
+    epsilon: float = 1e-6,
+) -> Tensor:
     """Relevance of every input element for the model's output ``target``.
 
     Parameters
@@ -140,19 +150,24 @@ def lrp(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *,
     with torch.enable_grad(), lrp_rules(model, composite, epsilon=epsilon):
         out = model(x)
         if out.ndim != 2:
-            raise ShapeError(f"lrp explains outputs of shape (batch, classes); got {tuple(out.shape)}.")
+            raise ShapeError(
+                f"lrp explains outputs of shape (batch, classes); got {tuple(out.shape)}."
+            )
         if target is None:
             target = out.argmax(-1)
         target = torch.as_tensor(target, device=out.device).expand(out.shape[0])
         if int(target.max()) >= out.shape[1] or int(target.min()) < 0:
-            raise ShapeError(f"target must be a class in 0..{out.shape[1] - 1}; got {target.tolist()}.")
+            raise ShapeError(
+                f"target must be a class in 0..{out.shape[1] - 1}; got {target.tolist()}."
+            )
         chosen = out.gather(1, target[:, None]).sum()
         (grad,) = torch.autograd.grad(chosen, [x])
     return (x * grad).detach()
 
 
-def plot_relevance(relevance: Tensor, images: Tensor | None = None, *, ncols: int = 8,
-                   path: Any = None) -> Any:
+def plot_relevance(
+    relevance: Tensor, images: Tensor | None = None, *, ncols: int = 8, path: Any = None
+) -> Any:
     """Heatmaps of input relevance (summed over channels), red positive, blue negative."""
     import matplotlib.pyplot as plt
 
@@ -161,9 +176,12 @@ def plot_relevance(relevance: Tensor, images: Tensor | None = None, *, ncols: in
         r = r.sum(1)
     n = r.shape[0]
     rows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(rows * (2 if images is not None else 1), min(n, ncols),
-                             figsize=(1.4 * min(n, ncols), 1.5 * rows * (2 if images is not None else 1)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows * (2 if images is not None else 1),
+        min(n, ncols),
+        figsize=(1.4 * min(n, ncols), 1.5 * rows * (2 if images is not None else 1)),
+        squeeze=False,
+    )
     for i in range(n):
         row, col = divmod(i, ncols)
         if images is not None:

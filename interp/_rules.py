@@ -97,15 +97,21 @@ def gradient_rules(model: Any, rules: str | tuple[str, ...] = "relp") -> Iterato
     n_layers = model.spec.n_layers
     gated = "blocks.0.mlp.hook_pre_linear" in bridge.hook_dict
     if "ln" in names:
-        for name in [f"blocks.{i}.{ln}.hook_scale" for i in range(n_layers)
-                     for ln in ("ln1", "ln2")] + ["ln_final.hook_scale"]:
+        for name in [
+            f"blocks.{i}.{ln}.hook_scale" for i in range(n_layers) for ln in ("ln1", "ln2")
+        ] + ["ln_final.hook_scale"]:
             hooks.append((name, lambda x: x.detach()))
     module_hooks: list[tuple[nn.Module, Callable[..., Any]]] = []
     if "identity" in names or "half" in names:
         act = _activation(bridge)
         for layer in range(n_layers):
-            keeps, rebuild = _mlp_rules(bridge.blocks[layer].mlp, act, gated,
-                                        identity="identity" in names, half="half" in names)
+            keeps, rebuild = _mlp_rules(
+                bridge.blocks[layer].mlp,
+                act,
+                gated,
+                identity="identity" in names,
+                half="half" in names,
+            )
             module_hooks += keeps
             hooks.append((f"blocks.{layer}.mlp.hook_post", rebuild))
     for layer in range(n_layers):
@@ -116,8 +122,9 @@ def gradient_rules(model: Any, rules: str | tuple[str, ...] = "relp") -> Iterato
             # their own sites see the modified gradient: halving at z = A.V gives A and V half
             # each; halving again at the scores = QK^T gives q and k a quarter.
             hooks.append((f"blocks.{layer}.attn.hook_z", lambda x: _scaled_gradient(x, 0.5)))
-            hooks.append((f"blocks.{layer}.attn.hook_attn_scores",
-                          lambda x: _scaled_gradient(x, 0.5)))
+            hooks.append(
+                (f"blocks.{layer}.attn.hook_attn_scores", lambda x: _scaled_gradient(x, 0.5))
+            )
     added = []
     handles = []
     try:
@@ -169,9 +176,9 @@ def _ln_rule_module(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> Te
     return y + (out - y).detach()
 
 
-def _mlp_rules(mlp: nn.Module, act: Callable[[Tensor], Tensor], gated: bool, *, identity: bool,
-               half: bool) -> tuple[list[tuple[nn.Module, Callable[..., Any]]],
-                                    Callable[[Tensor], Tensor]]:
+def _mlp_rules(
+    mlp: nn.Module, act: Callable[[Tensor], Tensor], gated: bool, *, identity: bool, half: bool
+) -> tuple[list[tuple[nn.Module, Callable[..., Any]]], Callable[[Tensor], Tensor]]:
     """Hooks rewriting an MLP's hidden layer: keep the projections' outputs (as hooks on the
     projection modules, so they are the tensors the MLP really uses, after any site hooks),
     then rebuild the hidden activation at ``hook_post`` with the same forward value."""

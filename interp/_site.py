@@ -182,7 +182,9 @@ class Site:
                     f"A module site needs a dotted module path such as 'features.0'; got {self.path!r}."
                 )
             if self.pos is not None:
-                raise UnknownSiteError("Module sites select whole tensors; positions are not supported.")
+                raise UnknownSiteError(
+                    "Module sites select whole tensors; positions are not supported."
+                )
         elif self.path is not None:
             raise UnknownSiteError(f"Only module sites have a path; got a {self.kind} site.")
 
@@ -280,7 +282,9 @@ def _looks_transformer(path: str) -> bool:
     return bool(re.match(r"^(?:input|logits|[amr]\d+)(?:[.<@]|$)", path))
 
 
-_EXAMPLES = "'input', 'a3.h5', 'a3.h5<q>', 'a3.z', 'm2', 'm2.post', 'r4.pre', 'logits@-1', 'features.0'"
+_EXAMPLES = (
+    "'input', 'a3.h5', 'a3.h5<q>', 'a3.z', 'm2', 'm2.post', 'r4.pre', 'logits@-1', 'features.0'"
+)
 
 
 def _bad_name_message(name: str) -> str:

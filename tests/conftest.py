@@ -34,7 +34,10 @@ def smollm2() -> interp.TransformerModel:
 def mlp() -> interp.ModuleModel:
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.Tanh(),
+        torch.nn.Linear(5, 8),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 8),
+        torch.nn.Tanh(),
         torch.nn.Linear(8, 3),
     )
     return interp.ModuleModel(net)

@@ -31,7 +31,9 @@ def pristine_hf(name: str, dtype: torch.dtype = torch.float64, seed: int = 0) ->
 
 def _rms_norm_in_dtype(norm: torch.nn.Module):
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return norm.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+        return (
+            norm.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+        )
 
     return forward
 
@@ -63,6 +65,7 @@ def grad_at(hf: torch.nn.Module, tokens: torch.Tensor, site: str, metric) -> tor
         return captured["x"]
 
     if is_input:
+
         def pre(mod, args, kwargs):
             if args:
                 return (leaf(args[0]), *args[1:]), kwargs
@@ -72,6 +75,7 @@ def grad_at(hf: torch.nn.Module, tokens: torch.Tensor, site: str, metric) -> tor
 
         handle = module.register_forward_pre_hook(pre, with_kwargs=True)
     else:
+
         def post(mod, args, out):
             if isinstance(out, tuple):
                 return (leaf(out[0]), *out[1:])

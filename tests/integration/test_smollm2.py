@@ -45,8 +45,12 @@ def test_ioi_logit_difference(smollm2: interp.TransformerModel) -> None:
     prompts, io_ids, s_ids = [], [], []
     for i, template in enumerate(data["baba_templates"][:8]):
         io, s = pairs[i % len(pairs)]
-        text = template.replace("[PLACE]", data["places"][i % 8]).replace(
-            "[OBJECT]", data["objects"][i % 8]).replace("[A]", io).replace("[B]", s)
+        text = (
+            template.replace("[PLACE]", data["places"][i % 8])
+            .replace("[OBJECT]", data["objects"][i % 8])
+            .replace("[A]", io)
+            .replace("[B]", s)
+        )
         prompts.append(text.rsplit(" ", 1)[0])  # drop the final IO name
         io_ids.append(smollm2.tokenizer(" " + io, add_special_tokens=False).input_ids[0])
         s_ids.append(smollm2.tokenizer(" " + s, add_special_tokens=False).input_ids[0])

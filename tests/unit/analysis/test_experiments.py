@@ -17,5 +17,7 @@ def test_builders_are_seeded_and_leave_the_global_rng_alone() -> None:
         b, c = build(0), build(1)
         pairs = zip(a.parameters(), b.parameters(), c.parameters(), strict=True)
         assert all(torch.equal(x, y) for x, y, _ in pairs)
-        assert not all(torch.equal(x, z) for x, _, z in zip(a.parameters(), b.parameters(),
-                                                           c.parameters(), strict=True))
+        assert not all(
+            torch.equal(x, z)
+            for x, _, z in zip(a.parameters(), b.parameters(), c.parameters(), strict=True)
+        )

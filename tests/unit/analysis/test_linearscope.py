@@ -33,9 +33,20 @@ def test_matches_the_hand_built_linearisation() -> None:
 
 def test_piecewise_linear_cnn_is_its_jacobian() -> None:
     torch.manual_seed(1)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 6),
-                        nn.LeakyReLU(0.1), nn.Linear(6, 4)).double().eval()
+    net = (
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(4 * 4 * 4, 6),
+            nn.LeakyReLU(0.1),
+            nn.Linear(6, 4),
+        )
+        .double()
+        .eval()
+    )
     x0 = torch.randn(1, 8, 8, dtype=torch.float64)
     lin = LinearScope(net).interpret(x0)
     jac = torch.autograd.functional.jacobian(lambda x: net(x[None])[0], x0)
@@ -71,8 +82,11 @@ def test_errors() -> None:
 
 
 def test_contribution_graph_adds_up_to_each_unit() -> None:
-    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.Tanh(),
-                        nn.Linear(5, 2)).double().eval()
+    net = (
+        nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2))
+        .double()
+        .eval()
+    )
     x0 = torch.randn(4, dtype=torch.float64)
     lin = LinearScope(net).interpret(x0)
     graph = lin.contribution_graph()
@@ -93,9 +107,20 @@ def test_cnn_contribution_graph_between_channels() -> None:
     """Channels are units: channel i's edge into channel j is conv(a_i) through j's ReLU and
     pooling mask, summed over j's positions; computed here by hand from the layers' weights."""
     torch.manual_seed(3)
-    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                        nn.Flatten(), nn.Linear(4 * 2 * 2, 3)).double().eval()
+    net = (
+        nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 2 * 2, 3),
+        )
+        .double()
+        .eval()
+    )
     net[4].running_mean.normal_()
     net[4].running_var.uniform_(0.5, 2)
     x0 = torch.randn(2, 4, 4, dtype=torch.float64)
@@ -130,14 +155,18 @@ def test_transformer_votes_add_up_to_the_logit(name: str) -> None:
 
     model = interp.load_model(name, dtype=torch.float64)
     lin = TransformerLinearScope(model).interpret(
-        "When Mary and John went to the store, John gave a drink to")
+        "When Mary and John went to the store, John gave a drink to"
+    )
     k = int(lin.output.argmax())
     votes = lin.token_contributions(k)
     assert votes.shape == (15,)
     assert abs(float(lin.bias[k])) < 1e-6 * max(1.0, abs(float(lin.output[k])))
     # the row is the gradient of the frozen-gain map, not the plain gradient
-    plain = model.run_with_grads("When Mary and John went to the store, John gave a drink to",
-                                 lambda lg: lg[0, -1, k], ["input"]).gradients["input"][0]
+    plain = model.run_with_grads(
+        "When Mary and John went to the store, John gave a drink to",
+        lambda lg: lg[0, -1, k],
+        ["input"],
+    ).gradients["input"][0]
     assert not torch.allclose(plain, lin.row(k))
     with pytest.raises(ShapeError, match="Output index"):
         lin.row(10**6)
@@ -164,6 +193,7 @@ def test_transformer_map_forward_and_transposed(name: str) -> None:
     torch.testing.assert_close((lin.apply(x) * y).sum(), (x * lin.apply_transposed(y)).sum())
     _, s, vt = lin.svd(1)
     v = vt[0].view_as(lin.x0)
-    torch.testing.assert_close(lin.apply_transposed(lin.apply(v)), s[0] ** 2 * v,
-                               atol=1e-6 * float(s[0]) ** 2, rtol=1e-6)
+    torch.testing.assert_close(
+        lin.apply_transposed(lin.apply(v)), s[0] ** 2 * v, atol=1e-6 * float(s[0]) ** 2, rtol=1e-6
+    )
     assert count_hooks(model.model) == hooks_before

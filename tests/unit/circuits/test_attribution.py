@@ -57,10 +57,12 @@ def test_edge_scores_sum_to_writer_node_scores(tiny) -> None:
     sums.index_add_(0, graph.edge_src, graph.edge_scores.double())
     nodes = node_attribution(tiny, None, task)
     scored = ~nodes.node_scores.isnan()
-    torch.testing.assert_close(sums[scored].float(), nodes.node_scores[scored], rtol=1e-4,
-                               atol=1e-7)
-    torch.testing.assert_close(graph.node_scores[scored], nodes.node_scores[scored], rtol=1e-4,
-                               atol=1e-7)
+    torch.testing.assert_close(
+        sums[scored].float(), nodes.node_scores[scored], rtol=1e-4, atol=1e-7
+    )
+    torch.testing.assert_close(
+        graph.node_scores[scored], nodes.node_scores[scored], rtol=1e-4, atol=1e-7
+    )
 
 
 def test_eap_ig_with_one_step_is_eap(tiny_gpt2) -> None:
@@ -117,10 +119,14 @@ def test_eap_equals_transformerlens_edge_attribution(tiny_gpt2) -> None:
 
     from circuits import task_from_pairs
 
-    clean = ["When Mary and John went to the store, John gave a drink to",
-             "When Mary and John went to the garden, John gave a ring to"]
-    corrupt = ["When Lisa and Kevin went to the store, Adam gave a drink to",
-               "When Kevin and Adam went to the garden, Lisa gave a ring to"]
+    clean = [
+        "When Mary and John went to the store, John gave a drink to",
+        "When Mary and John went to the garden, John gave a ring to",
+    ]
+    corrupt = [
+        "When Lisa and Kevin went to the store, Adam gave a drink to",
+        "When Kevin and Adam went to the garden, Lisa gave a ring to",
+    ]
     task = task_from_pairs(tiny_gpt2, clean, corrupt, [" Mary"] * 2, [" John"] * 2)
     ours = edge_attribution(tiny_gpt2, None, task)
 
@@ -130,14 +136,26 @@ def test_eap_equals_transformerlens_edge_attribution(tiny_gpt2) -> None:
     for p in tiny_gpt2.bridge.parameters():  # TransformerLens backpropagates into parameters
         p.requires_grad_(True)
     try:
-        theirs = attribution_patch(tiny_gpt2.bridge, task.clean, task.corrupt, metric,
-                                   EdgeAttributionConfig(granularity="edge"))
+        theirs = attribution_patch(
+            tiny_gpt2.bridge,
+            task.clean,
+            task.corrupt,
+            metric,
+            EdgeAttributionConfig(granularity="edge"),
+        )
     finally:
         for p in tiny_gpt2.bridge.parameters():
             p.requires_grad_(False)
-    kinds = {"embed": "input", "mlp_out": "m{l}", "attn_head_out": "a{l}.h{h}",
-             "mlp_in": "m{l}", "logits": "logits", "q_input": "a{l}.h{h}<q>",
-             "k_input": "a{l}.h{h}<k>", "v_input": "a{l}.h{h}<v>"}
+    kinds = {
+        "embed": "input",
+        "mlp_out": "m{l}",
+        "attn_head_out": "a{l}.h{h}",
+        "mlp_in": "m{l}",
+        "logits": "logits",
+        "q_input": "a{l}.h{h}<q>",
+        "k_input": "a{l}.h{h}<k>",
+        "v_input": "a{l}.h{h}<v>",
+    }
     summed: dict[str, float] = {}
     for (writer, reader), score in theirs.edge_scores.items():
         src = kinds[writer.kind].format(l=writer.layer, h=writer.head)

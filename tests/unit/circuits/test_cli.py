@@ -37,8 +37,11 @@ def test_console_script_is_installed() -> None:
 def test_models_lists_network_needs() -> None:
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0
-    lines = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()[1:] if line
-             and not line.startswith("Also")}
+    lines = {
+        line.split()[0]: line.split()[1]
+        for line in result.stdout.splitlines()[1:]
+        if line and not line.startswith("Also")
+    }
     assert lines["smollm2-135m"] == "no" and lines["gpt2"] == "yes"
 
 
@@ -85,8 +88,9 @@ def test_unknown_model_is_one_line_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_demo_on_a_tiny_model(tmp_path) -> None:
-    result = runner.invoke(app, ["demo", "--model", "tiny-gpt2", "--top", "30", "--out",
-                                 str(tmp_path)])
+    result = runner.invoke(
+        app, ["demo", "--model", "tiny-gpt2", "--top", "30", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     assert "faithfulness" in result.stdout
     graph = CircuitGraph.from_json(tmp_path / "circuit.json")
@@ -98,17 +102,34 @@ def test_demo_on_a_tiny_model(tmp_path) -> None:
 
 def test_discover_json_summary(tmp_path) -> None:
     out = tmp_path / "c.json"
-    result = runner.invoke(app, ["discover", "--model", "tiny-llama", "--method", "eap",
-                                 "--n-prompts", "4", "--top", "25", "--out", str(out),
-                                 "--png", str(tmp_path / "c.png"), "--json-summary"])
+    result = runner.invoke(
+        app,
+        [
+            "discover",
+            "--model",
+            "tiny-llama",
+            "--method",
+            "eap",
+            "--n-prompts",
+            "4",
+            "--top",
+            "25",
+            "--out",
+            str(out),
+            "--png",
+            str(tmp_path / "c.png"),
+            "--json-summary",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"method", "level", "n_nodes", "n_edges", "faithfulness", "seconds"} <= set(summary)
     assert summary["method"] == "eap" and summary["n_edges"] <= 25
     graph = CircuitGraph.from_json(out)
     assert graph.meta["faithfulness"] == pytest.approx(summary["faithfulness"])
-    evaluated = runner.invoke(app, ["evaluate", str(out), "--model", "tiny-llama",
-                                    "--n-prompts", "4"])
+    evaluated = runner.invoke(
+        app, ["evaluate", str(out), "--model", "tiny-llama", "--n-prompts", "4"]
+    )
     assert evaluated.exit_code == 0, evaluated.output
     assert f"{summary['faithfulness']:.4f}" in evaluated.stdout
 
@@ -117,7 +138,23 @@ def test_discover_rejects_bad_task_and_mismatched_model(tmp_path) -> None:
     result = runner.invoke(app, ["discover", "--model", "tiny-gpt2", "--task", "sst2"])
     assert result.exit_code == 1 and "--task must be" in result.output
     out = tmp_path / "c.json"
-    runner.invoke(app, ["discover", "--model", "tiny-gpt2", "--method", "atp", "--level",
-                        "node", "--top", "3", "--n-prompts", "2", "--out", str(out)])
+    runner.invoke(
+        app,
+        [
+            "discover",
+            "--model",
+            "tiny-gpt2",
+            "--method",
+            "atp",
+            "--level",
+            "node",
+            "--top",
+            "3",
+            "--n-prompts",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
     result = runner.invoke(app, ["evaluate", str(out), "--model", "gpt2-shaped"])
     assert result.exit_code == 1 and "not gpt2-shaped" in result.output

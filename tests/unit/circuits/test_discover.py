@@ -21,8 +21,9 @@ def test_unknown_method_and_level(tiny_gpt2) -> None:
         discover(tiny_gpt2, task, "atp", "edge")
 
 
-@pytest.mark.parametrize(("method", "level"), [("atp", "node"), ("eap", "edge"),
-                                               ("eap-ig", "edge"), ("eap-ig", "node")])
+@pytest.mark.parametrize(
+    ("method", "level"), [("atp", "node"), ("eap", "edge"), ("eap-ig", "edge"), ("eap-ig", "node")]
+)
 def test_discover_returns_scored_graphs(tiny_gpt2, method: str, level: str) -> None:
     task = ioi_task(tiny_gpt2, 4)
     graph = discover(tiny_gpt2, task, method, level)
@@ -50,8 +51,9 @@ def test_lookahead_node_scores(tiny_gpt2) -> None:
     task = ioi_task(tiny_gpt2, 4, seed=0, template_ids=[0])
     exact = discover(tiny_gpt2, task, "activation-patching", "node", progress=False)
     full = discover(tiny_gpt2, task, "lookahead", "node", blocks=2, progress=False)
-    torch.testing.assert_close(full.node_scores, exact.node_scores, atol=1e-5, rtol=0,
-                               equal_nan=True)
+    torch.testing.assert_close(
+        full.node_scores, exact.node_scores, atol=1e-5, rtol=0, equal_nan=True
+    )
     one = discover(tiny_gpt2, task, "lookahead", "node", blocks=1, progress=False)
     assert one.nodes["a1.h2"].score == pytest.approx(exact.nodes["a1.h2"].score, abs=1e-5)
     gaps = [abs(one.nodes[f"a0.h{h}"].score - exact.nodes[f"a0.h{h}"].score) for h in range(4)]

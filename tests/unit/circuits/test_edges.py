@@ -11,8 +11,10 @@ from circuits._edges import plot_faithfulness
 
 
 def all_in(graph: interp.CircuitGraph) -> interp.CircuitGraph:
-    return graph.copy(edge_in_graph=torch.ones(len(graph.edges), dtype=torch.bool),
-                      node_in_graph=torch.ones(len(graph.nodes), dtype=torch.bool))
+    return graph.copy(
+        edge_in_graph=torch.ones(len(graph.edges), dtype=torch.bool),
+        node_in_graph=torch.ones(len(graph.nodes), dtype=torch.bool),
+    )
 
 
 def test_patching_every_out_edge_equals_patching_the_node(tiny) -> None:

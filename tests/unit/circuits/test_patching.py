@@ -19,14 +19,16 @@ CASES = [
 
 
 @pytest.mark.parametrize(("component", "per_position", "reference"), CASES)
-def test_equals_transformerlens(tiny: interp.TransformerModel, component, per_position,
-                                reference) -> None:
+def test_equals_transformerlens(
+    tiny: interp.TransformerModel, component, per_position, reference
+) -> None:
     task = ioi_task(tiny, 5, seed=2, template_ids=[3])
     _, clean_cache = tiny.bridge.run_with_cache(task.clean)
     expected = reference(tiny.bridge, task.corrupt, clean_cache, task.logit_diff)
     # a small budget forces several passes per layer, exercising the chunking
-    ours = activation_patching(tiny, task, component, per_position=per_position,
-                               tokens_per_pass=40, progress=False)
+    ours = activation_patching(
+        tiny, task, component, per_position=per_position, tokens_per_pass=40, progress=False
+    )
     assert ours.shape == expected.shape
     torch.testing.assert_close(ours, expected.float(), atol=1e-4, rtol=0)
 
@@ -34,10 +36,15 @@ def test_equals_transformerlens(tiny: interp.TransformerModel, component, per_po
 def test_block_every_matches(tiny_llama: interp.TransformerModel) -> None:
     task = ioi_task(tiny_llama, 3, seed=5, template_ids=[0])
     _, clean_cache = tiny_llama.bridge.run_with_cache(task.clean)
-    expected = tl_patching.get_act_patch_block_every(tiny_llama.bridge, task.corrupt, clean_cache,
-                                                     task.logit_diff)
-    ours = torch.stack([activation_patching(tiny_llama, task, c, per_position=True, progress=False)
-                        for c in ("resid", "attn", "mlp")])
+    expected = tl_patching.get_act_patch_block_every(
+        tiny_llama.bridge, task.corrupt, clean_cache, task.logit_diff
+    )
+    ours = torch.stack(
+        [
+            activation_patching(tiny_llama, task, c, per_position=True, progress=False)
+            for c in ("resid", "attn", "mlp")
+        ]
+    )
     torch.testing.assert_close(ours, expected.float(), atol=1e-4, rtol=0)
 
 
@@ -67,8 +74,9 @@ def test_mixed_lengths_per_position_equal_one_patch_at_a_time(tiny, component) -
     forward pass with that one activation patched."""
     task = ioi_task(tiny, 4, seed=3)
     assert not task.equal_lengths
-    values = activation_patching(tiny, task, component, per_position=True, tokens_per_pass=200,
-                                 progress=False)
+    values = activation_patching(
+        tiny, task, component, per_position=True, tokens_per_pass=200, progress=False
+    )
     site = "r{L}.pre" if component == "resid" else "a{L}.z"
     n_pos = task.clean.shape[1]
     for layer in range(tiny.spec.n_layers):
@@ -122,20 +130,21 @@ def test_shortcuts_fall_back_when_they_are_not_exact(tiny_llama, monkeypatch, br
 
     task = ioi_task(tiny_llama, 3, seed=5, template_ids=[0])
     component = "heads" if broken == "attention" else "resid"
-    expected = activation_patching(tiny_llama, task, component, per_position=True,
-                                   progress=False)
+    expected = activation_patching(tiny_llama, task, component, per_position=True, progress=False)
     if broken == "attention":
         original = hooked._Returning
-        monkeypatch.setattr(hooked, "_Returning",
-                            lambda module, value: original(module, (value[0] * 0.5, None)))
+        monkeypatch.setattr(
+            hooked, "_Returning", lambda module, value: original(module, (value[0] * 0.5, None))
+        )
     else:
         original = hooked._from_position
-        wrong = {"unsliced": lambda obj, start, n_pos: obj,
-                 "shifted": lambda obj, start, n_pos: original(obj, max(start - 1, 0), n_pos - 1)}
+        wrong = {
+            "unsliced": lambda obj, start, n_pos: obj,
+            "shifted": lambda obj, start, n_pos: original(obj, max(start - 1, 0), n_pos - 1),
+        }
         monkeypatch.setattr(hooked, "_from_position", wrong[broken])
     with pytest.warns(UserWarning, match="every position is recomputed"):
-        ours = activation_patching(tiny_llama, task, component, per_position=True,
-                                   progress=False)
+        ours = activation_patching(tiny_llama, task, component, per_position=True, progress=False)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 

@@ -26,17 +26,18 @@ def mixed(tiny_llama):
 @pytest.mark.parametrize("component", ["resid", "mlp", "heads"])
 def test_patching_some_cells_equals_those_cells_of_all(tiny_llama, mixed, component) -> None:
     per_position = component != "heads"
-    full = activation_patching(tiny_llama, mixed, component, per_position=per_position,
-                               progress=False)
+    full = activation_patching(
+        tiny_llama, mixed, component, per_position=per_position, progress=False
+    )
     mask = torch.rand(full.shape, generator=torch.Generator().manual_seed(0)) < 0.3
-    some = activation_patching(tiny_llama, mixed, component, per_position=per_position,
-                               cells=mask, progress=False)
+    some = activation_patching(
+        tiny_llama, mixed, component, per_position=per_position, cells=mask, progress=False
+    )
     torch.testing.assert_close(some[mask], full[mask], atol=1e-5, rtol=0)
     untouched = ~mask & (full != full[0, 0])  # cells before the first differing token are free
     assert torch.isnan(some[untouched]).all()
     with pytest.raises(interp.ShapeError, match="mask of shape"):
-        activation_patching(tiny_llama, mixed, component, per_position=per_position,
-                            cells=mask[0])
+        activation_patching(tiny_llama, mixed, component, per_position=per_position, cells=mask[0])
 
 
 @pytest.mark.parametrize("component", ["resid", "attn", "mlp"])
@@ -60,8 +61,12 @@ def test_costs_count_what_the_engine_computes(tiny_llama, mixed, monkeypatch, co
     sites = [patching.COMPONENTS[component].format(layer=layer) for layer in range(n_layers)]
     clean = tiny_llama.run_with_cache(mixed.clean, sites)[1]
     corrupt = tiny_llama.run_with_cache(mixed.corrupt, sites)[1]
-    same = torch.tensor([[torch.equal(clean[s][:, p], corrupt[s][:, p])
-                          for p in range(mixed.clean.shape[1])] for s in sites])
+    same = torch.tensor(
+        [
+            [torch.equal(clean[s][:, p], corrupt[s][:, p]) for p in range(mixed.clean.shape[1])]
+            for s in sites
+        ]
+    )
     checks = 1  # the one pass checking that restarting reproduces the base run
     assert sum(work[checks:]) == float(costs[~same].sum())
     assert costs.shape == (n_layers, mixed.clean.shape[1])
@@ -70,8 +75,7 @@ def test_costs_count_what_the_engine_computes(tiny_llama, mixed, monkeypatch, co
 def test_refined_at_the_ends_of_the_budget(tiny_llama, mixed) -> None:
     exact = activation_patching(tiny_llama, mixed, "resid", per_position=True, progress=False)
     rules = lambda m: interp.gradient_rules(m, "relp-ah")  # noqa: E731
-    relp = attribution_patching(tiny_llama, mixed, "resid", per_position=True,
-                                gradient_rules=rules)
+    relp = attribution_patching(tiny_llama, mixed, "resid", per_position=True, gradient_rules=rules)
     all_in = refined_patching(tiny_llama, mixed, budget=1.0, progress=False)
     torch.testing.assert_close(all_in.values, exact, atol=1e-5, rtol=0)
     assert all_in.exact.all() and all_in.spent == pytest.approx(1.0)
@@ -117,8 +121,9 @@ def test_refined_node_method(tiny_gpt2) -> None:
     task = ioi_task(tiny_gpt2, 4, seed=0, template_ids=[0])
     exact = discover(tiny_gpt2, task, "activation-patching", "node", progress=False)
     full = discover(tiny_gpt2, task, "refined", "node", budget=1.0, progress=False)
-    torch.testing.assert_close(full.node_scores, exact.node_scores, atol=1e-5, rtol=0,
-                               equal_nan=True)
+    torch.testing.assert_close(
+        full.node_scores, exact.node_scores, atol=1e-5, rtol=0, equal_nan=True
+    )
     assert full.meta["budget"] == 1.0
 
 
@@ -129,8 +134,7 @@ def test_scattered_cells_share_passes_across_layers(component) -> None:
     deep = interp.load_model("tiny-llama", num_hidden_layers=12)
     task = ioi_task(deep, 3, seed=3)
     per_position = component != "heads"
-    full = activation_patching(deep, task, component, per_position=per_position,
-                               progress=False)
+    full = activation_patching(deep, task, component, per_position=per_position, progress=False)
     mask = torch.rand(full.shape, generator=torch.Generator().manual_seed(1)) < 0.1
     if per_position:  # and one position column, as the largest estimates often are
         mask[:, task.clean.shape[1] - 4] = True
@@ -144,8 +148,9 @@ def test_scattered_cells_share_passes_across_layers(component) -> None:
 
     patching._chunks = recording
     try:
-        some = activation_patching(deep, task, component, per_position=per_position,
-                                   cells=mask, progress=False)
+        some = activation_patching(
+            deep, task, component, per_position=per_position, cells=mask, progress=False
+        )
     finally:
         patching._chunks = original
     assert any(len(layers) > 1 for layers in groups)

@@ -18,7 +18,9 @@ def one_token(model, word: str) -> bool:
     return len(model.tokenizer(" " + word, add_special_tokens=False).input_ids) == 1
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(seed=st.integers(0, 10**6), order=st.sampled_from(["mixed", "BABA", "ABBA"]))
 def test_ioi_prompts(tiny_gpt2, seed: int, order: str) -> None:
     task = ioi_task(tiny_gpt2, 6, seed=seed, templates=order)
@@ -35,8 +37,10 @@ def test_ioi_prompts(tiny_gpt2, seed: int, order: str) -> None:
         assert (row["order"] == "ABBA") == (words.index(row["io"]) < words.index(row["s"]))
         length = int(task.lengths[i])
         assert torch.equal(task.clean[i, :length], tiny_gpt2.to_tokens(clean)[0])
-        assert int(task.answer[i]) == tiny_gpt2.tokenizer(" " + row["io"],
-                                                          add_special_tokens=False).input_ids[0]
+        assert (
+            int(task.answer[i])
+            == tiny_gpt2.tokenizer(" " + row["io"], add_special_tokens=False).input_ids[0]
+        )
 
 
 def test_ioi_uses_the_fifteen_templates_and_their_twins() -> None:
@@ -56,13 +60,18 @@ def test_bos_is_explicit(tiny_gpt2) -> None:
 def test_metric_reads_each_prompts_last_token(tiny_gpt2) -> None:
     task = ioi_task(tiny_gpt2, 5, seed=3)
     logits = torch.randn(len(task), task.clean.shape[1], 400)
-    expected = torch.stack([
-        logits[i, task.lengths[i] - 1, task.answer[i]] - logits[i, task.lengths[i] - 1, task.wrong[i]]
-        for i in range(len(task))]).mean()
+    expected = torch.stack(
+        [
+            logits[i, task.lengths[i] - 1, task.answer[i]]
+            - logits[i, task.lengths[i] - 1, task.wrong[i]]
+            for i in range(len(task))
+        ]
+    ).mean()
     torch.testing.assert_close(task.logit_diff(logits), expected)
     stacked = torch.cat([logits, 2 * logits])
-    torch.testing.assert_close(task.logit_diff(stacked, per_copy=True),
-                               torch.stack([expected, 2 * expected]))
+    torch.testing.assert_close(
+        task.logit_diff(stacked, per_copy=True), torch.stack([expected, 2 * expected])
+    )
 
 
 def test_ioi_bad_arguments(tiny_gpt2) -> None:
@@ -80,9 +89,12 @@ def write(tmp_path, rows) -> str:
     return str(path)
 
 
-GOOD = {"clean": "When Mary and John went to the store, John gave a drink to",
-        "corrupt": "When Lisa and Kevin went to the store, Adam gave a drink to",
-        "answer": " Mary", "wrong": " John"}
+GOOD = {
+    "clean": "When Mary and John went to the store, John gave a drink to",
+    "corrupt": "When Lisa and Kevin went to the store, Adam gave a drink to",
+    "answer": " Mary",
+    "wrong": " John",
+}
 
 
 def test_jsonl_task(tmp_path, tiny_gpt2) -> None:
@@ -90,13 +102,19 @@ def test_jsonl_task(tmp_path, tiny_gpt2) -> None:
     assert len(task) == 2 and task.name == "task"
 
 
-@pytest.mark.parametrize(("bad", "message"), [
-    ({**GOOD, "corrupt": "When Lisa went to the store, Adam gave a drink to"}, "line 2: the clean"),
-    ({**GOOD, "answer": " Mary Lisa"}, "line 2: the answer ' Mary Lisa' is 2 tokens"),
-    ({**GOOD, "wrong": 3}, "line 2: 'wrong' must be a string"),
-    ({"clean": "x"}, r"line 2: missing keys \['answer', 'corrupt', 'wrong'\]"),
-    ("{not json", "line 2: not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (
+            {**GOOD, "corrupt": "When Lisa went to the store, Adam gave a drink to"},
+            "line 2: the clean",
+        ),
+        ({**GOOD, "answer": " Mary Lisa"}, "line 2: the answer ' Mary Lisa' is 2 tokens"),
+        ({**GOOD, "wrong": 3}, "line 2: 'wrong' must be a string"),
+        ({"clean": "x"}, r"line 2: missing keys \['answer', 'corrupt', 'wrong'\]"),
+        ("{not json", "line 2: not valid JSON"),
+    ],
+)
 def test_jsonl_errors_name_the_line(tmp_path, tiny_gpt2, bad, message: str) -> None:
     with pytest.raises(TaskError, match=message):
         task_from_jsonl(tiny_gpt2, write(tmp_path, [GOOD, bad]))

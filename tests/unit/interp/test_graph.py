@@ -19,11 +19,14 @@ SPEC = ModelSpec(name="toy", architecture="gpt2", n_layers=3, n_heads=2, d_model
 def scored(spec: ModelSpec = SPEC, seed: int = 0) -> CircuitGraph:
     g = CircuitGraph.from_model(spec, method="test", metric="logit_diff", task="ioi")
     gen = torch.Generator().manual_seed(seed)
-    return g.with_scores(edge_scores=torch.randn(len(g.edges), generator=gen),
-                         node_scores=torch.randn(len(g.nodes), generator=gen))
+    return g.with_scores(
+        edge_scores=torch.randn(len(g.edges), generator=gen),
+        node_scores=torch.randn(len(g.nodes), generator=gen),
+    )
 
 
 # -- structure -------------------------------------------------------------------------------------
+
 
 def expected_edge_count(n_layers: int, n_heads: int, parallel: bool) -> int:
     """Count by hand: every reader sees every writer upstream of it."""
@@ -35,11 +38,18 @@ def expected_edge_count(n_layers: int, n_heads: int, parallel: bool) -> int:
     return total + upstream
 
 
-@pytest.mark.parametrize(("layers", "heads", "parallel"), [(1, 1, False), (3, 2, False),
-                                                           (12, 12, False), (4, 3, True)])
+@pytest.mark.parametrize(
+    ("layers", "heads", "parallel"), [(1, 1, False), (3, 2, False), (12, 12, False), (4, 3, True)]
+)
 def test_full_graph_size(layers: int, heads: int, parallel: bool) -> None:
-    spec = ModelSpec(name="m", architecture="x", n_layers=layers, n_heads=heads, d_model=heads * 4,
-                     parallel_attn_mlp=parallel)
+    spec = ModelSpec(
+        name="m",
+        architecture="x",
+        n_layers=layers,
+        n_heads=heads,
+        d_model=heads * 4,
+        parallel_attn_mlp=parallel,
+    )
     g = CircuitGraph.from_model(spec)
     assert len(g.nodes) == 1 + layers * (heads + 1) + 1
     assert len(g.edges) == expected_edge_count(layers, heads, parallel)
@@ -68,6 +78,7 @@ def test_views_and_errors() -> None:
 
 
 # -- selection -------------------------------------------------------------------------------------
+
 
 def on_some_path(g: CircuitGraph) -> bool:
     """Every in-graph node lies on an in-graph path from input to logits (networkx check)."""
@@ -117,9 +128,12 @@ def test_selection_errors() -> None:
 
 
 def test_prune_by_hand() -> None:
-    g = CircuitGraph(["input", "x", "y", "logits"],
-                     [("input", "x"), ("x", "logits"), ("input", "y"), ("y", "x")],
-                     edge_in_graph=[True, True, True, False], node_in_graph=[True] * 4)
+    g = CircuitGraph(
+        ["input", "x", "y", "logits"],
+        [("input", "x"), ("x", "logits"), ("input", "y"), ("y", "x")],
+        edge_in_graph=[True, True, True, False],
+        node_in_graph=[True] * 4,
+    )
     p = g.prune()  # y is reached from input but leads nowhere inside the circuit
     assert p.node_in_graph.tolist() == [True, True, False, True]
     assert p.edge_in_graph.tolist() == [True, True, False, False]
@@ -130,9 +144,14 @@ def test_prune_by_hand() -> None:
 names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=8)
 floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=5)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.text(max_size=5)
     | st.floats(allow_nan=False, allow_infinity=False),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -140,18 +159,27 @@ json_values = st.recursive(
 @st.composite
 def graphs(draw: st.DrawFn) -> CircuitGraph:
     nodes = draw(st.lists(names, min_size=1, max_size=8, unique=True))
-    edges = draw(st.lists(st.tuples(st.sampled_from(nodes), st.sampled_from(nodes),
-                                    st.sampled_from(["", "q", "k", "v"])), max_size=12,
-                           unique=True))
+    edges = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(nodes), st.sampled_from(nodes), st.sampled_from(["", "q", "k", "v"])
+            ),
+            max_size=12,
+            unique=True,
+        )
+    )
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
     spec = draw(st.none() | st.just(SPEC))
     return CircuitGraph(
-        nodes, edges,
+        nodes,
+        edges,
         node_scores=draw(st.lists(floats, min_size=len(nodes), max_size=len(nodes))),
         edge_scores=draw(st.lists(floats, min_size=len(edges), max_size=len(edges))),
         node_in_graph=draw(st.lists(st.booleans(), min_size=len(nodes), max_size=len(nodes))),
         edge_in_graph=draw(st.lists(st.booleans(), min_size=len(edges), max_size=len(edges))),
-        model=spec, method=draw(st.none() | st.text(max_size=5)), task=draw(st.none() | names),
+        model=spec,
+        method=draw(st.none() | st.text(max_size=5)),
+        task=draw(st.none() | names),
         meta=draw(st.dictionaries(st.text(max_size=4), json_values, max_size=3)),
         score_dtype=dtype,
     )
@@ -239,6 +267,7 @@ def test_pictures_and_offline_html(tmp_path) -> None:
 
 
 # -- malformed input -------------------------------------------------------------------------------
+
 
 def test_malformed_files_name_the_problem(tmp_path) -> None:
     g = scored().top(3)

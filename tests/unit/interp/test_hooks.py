@@ -20,11 +20,14 @@ def logit_diff(logits: torch.Tensor) -> torch.Tensor:
 
 def flags(model: interp.TransformerModel) -> tuple:
     cfg = model.bridge.cfg
-    return tuple(bool(getattr(cfg, f, False))
-                 for f in ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in"))
+    return tuple(
+        bool(getattr(cfg, f, False))
+        for f in ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
+    )
 
 
 # -- no trace ------------------------------------------------------------------------------------
+
 
 def test_contexts_leave_no_trace(tiny: interp.TransformerModel) -> None:
     tokens = tiny.to_tokens(PROMPT)
@@ -66,13 +69,26 @@ def test_hooks_nest_and_unwind(tiny: interp.TransformerModel) -> None:
 
 # -- caches agree with the model's own arithmetic ---------------------------------------------------
 
+
 def test_cache_identities(tiny: interp.TransformerModel) -> None:
     spec = tiny.spec
     L = spec.n_layers - 1
     heads = [f"a{L}.h{h}" for h in range(spec.n_heads)]
-    out, c = tiny.run_with_cache(PROMPT, ["r0.pre", f"r{L}.pre", f"r{L}.mid", f"r{L}.post",
-                                           f"a{L}", f"m{L}", f"a{L}.z", "a0.h1.z", "logits",
-                                           *heads])
+    out, c = tiny.run_with_cache(
+        PROMPT,
+        [
+            "r0.pre",
+            f"r{L}.pre",
+            f"r{L}.mid",
+            f"r{L}.post",
+            f"a{L}",
+            f"m{L}",
+            f"a{L}.z",
+            "a0.h1.z",
+            "logits",
+            *heads,
+        ],
+    )
     torch.testing.assert_close(c[f"r{L}.mid"], c[f"r{L}.pre"] + c[f"a{L}"])
     torch.testing.assert_close(c[f"r{L}.post"], c[f"r{L}.mid"] + c[f"m{L}"])
     bias = c[f"a{L}"] - sum(c[h] for h in heads)  # heads sum to the block output minus b_O
@@ -88,8 +104,19 @@ def test_cache_matches_pristine_hf(tiny: interp.TransformerModel) -> None:
 
 
 def test_head_and_position_views(tiny: interp.TransformerModel) -> None:
-    _, c = tiny.run_with_cache(PROMPT, ["a1.z", "a1.h2.z", "a1.pattern", "a1.h2.pattern@4",
-                                        "r1.pre", "r1.pre@-1", "a1.k", "a1.h3.k"])
+    _, c = tiny.run_with_cache(
+        PROMPT,
+        [
+            "a1.z",
+            "a1.h2.z",
+            "a1.pattern",
+            "a1.h2.pattern@4",
+            "r1.pre",
+            "r1.pre@-1",
+            "a1.k",
+            "a1.h3.k",
+        ],
+    )
     assert torch.equal(c["a1.h2.z"], c["a1.z"][:, :, 2])
     assert torch.equal(c["a1.h2.pattern@4"], c["a1.pattern"][:, 2, 4])
     assert torch.equal(c["r1.pre@-1"], c["r1.pre"][:, -1])
@@ -98,7 +125,10 @@ def test_head_and_position_views(tiny: interp.TransformerModel) -> None:
 
 # -- patching --------------------------------------------------------------------------------------
 
-def test_patching_the_whole_residual_reproduces_the_other_run(tiny: interp.TransformerModel) -> None:
+
+def test_patching_the_whole_residual_reproduces_the_other_run(
+    tiny: interp.TransformerModel,
+) -> None:
     other, c = tiny.run_with_cache(OTHER, ["r1.pre"])
     with tiny.patch("r1.pre", c["r1.pre"]):
         patched = tiny(PROMPT)
@@ -141,6 +171,7 @@ def test_reader_ports_fork_per_head(tiny: interp.TransformerModel, port: str) ->
 
 # -- gradients -------------------------------------------------------------------------------------
 
+
 # HF's Llama computes RMSNorm and the attention softmax in float32 even in a float64 model, so
 # the pristine Llama reference is float64 only up to those steps.
 @pytest.mark.parametrize(("name", "atol"), [("tiny-gpt2", 1e-12), ("tiny-llama", 1e-4)])
@@ -161,8 +192,12 @@ def test_gradients_equal_autograd_through_transformerlens_hooks(name: str) -> No
     """Same float64 bridge, gradients taken by TransformerLens' own hook API + autograd."""
     model = interp.load_model(name, dtype=torch.float64)
     tokens = model.to_tokens([PROMPT, OTHER])
-    names = {"r1.pre": "blocks.1.hook_resid_pre", "a0": "blocks.0.hook_attn_out",
-             "m1": "blocks.1.hook_mlp_out", "a1.z": "blocks.1.attn.hook_z"}
+    names = {
+        "r1.pre": "blocks.1.hook_resid_pre",
+        "a0": "blocks.0.hook_attn_out",
+        "m1": "blocks.1.hook_mlp_out",
+        "a1.z": "blocks.1.attn.hook_z",
+    }
     run = model.run_with_grads(tokens, logit_diff, list(names))
     for site, hook_name in names.items():
         captured = {}
@@ -198,6 +233,7 @@ def test_module_model_input_gradient(mlp: interp.ModuleModel) -> None:
 
 # -- errors ----------------------------------------------------------------------------------------
 
+
 def test_unknown_site_suggests_close_matches(tiny: interp.TransformerModel) -> None:
     with pytest.raises(UnknownSiteError, match="a1.h3"):
         tiny.run_with_cache(PROMPT, ["a1.h9"])
@@ -206,8 +242,10 @@ def test_unknown_site_suggests_close_matches(tiny: interp.TransformerModel) -> N
 
 
 def test_wrong_patch_shape_names_site_and_shapes(tiny: interp.TransformerModel) -> None:
-    with pytest.raises(ShapeError, match=r"\(1, 15, 64\).*'a0', got \(3, 7\)"), \
-            tiny.patch("a0", torch.zeros(3, 7)):
+    with (
+        pytest.raises(ShapeError, match=r"\(1, 15, 64\).*'a0', got \(3, 7\)"),
+        tiny.patch("a0", torch.zeros(3, 7)),
+    ):
         tiny(PROMPT)
     assert torch.equal(tiny(PROMPT), tiny(PROMPT))
 

@@ -42,7 +42,14 @@ def test_gpt2_shaped_model_has_gpt2_small_sizes() -> None:
     model = interp.load_model("gpt2-shaped")
     s = model.spec
     assert (s.n_layers, s.n_heads, s.d_model, s.d_head, s.d_mlp, s.d_vocab, s.n_ctx) == (
-        12, 12, 768, 64, 3072, 50257, 1024)
+        12,
+        12,
+        768,
+        64,
+        3072,
+        50257,
+        1024,
+    )
     _, cache = model.run_with_cache(PROMPT, ["a11.h11", "a5.h3<v>", "m11.post"])
     assert cache["a11.h11"].shape == (1, 15, 768)
     assert cache["m11.post"].shape == (1, 15, 3072)
@@ -60,8 +67,9 @@ def test_hub_names_go_through_the_same_bridge_path(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(_loading, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_model)
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
-                        lambda name, **kw: _loading.word_tokenizer())
+    monkeypatch.setattr(
+        transformers.AutoTokenizer, "from_pretrained", lambda name, **kw: _loading.word_tokenizer()
+    )
     model = interp.load_model("gpt2")
     assert calls == ["gpt2"]
     shaped = interp.load_model("gpt2-shaped")
@@ -97,10 +105,13 @@ def test_local_directory_round_trip(tmp_path, tiny_gpt2: interp.TransformerModel
     torch.testing.assert_close(local(PROMPT), tiny_gpt2(PROMPT))
 
 
-@pytest.mark.parametrize(("path", "message"), [
-    ("./no/such/dir", "No model file"),
-    ("missing.gguf", "No model file"),
-])
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("./no/such/dir", "No model file"),
+        ("missing.gguf", "No model file"),
+    ],
+)
 def test_bad_paths(path: str, message: str) -> None:
     with pytest.raises(ModelLoadError, match=message):
         interp.load_model(path)

@@ -12,10 +12,17 @@ from interp import InterpError, ShapeError, count_hooks, lrp, lrp_rules
 def cnn(bias: bool = False) -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1, bias=bias), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Conv2d(1, 6, 3, padding=1, bias=bias),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, padding=1, bias=bias), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(8 * 2 * 2, 16, bias=bias), nn.ReLU(), nn.Linear(16, 10, bias=bias),
+        nn.Conv2d(6, 8, 3, padding=1, bias=bias),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 2 * 2, 16, bias=bias),
+        nn.ReLU(),
+        nn.Linear(16, 10, bias=bias),
     )
     with torch.no_grad():  # non-trivial running statistics
         net[1].running_mean.uniform_(-0.2, 0.2)
@@ -90,5 +97,9 @@ def test_lrp_equals_gradient_times_input_on_a_linear_model() -> None:
     net = nn.Sequential(nn.Linear(6, 5, bias=False), nn.Linear(5, 3, bias=False)).double().eval()
     x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(net(x)[:, 1].sum(), [x])
-    torch.testing.assert_close(lrp(net, x, target=1, composite="epsilon", epsilon=1e-15),
-                               (x * grad).detach(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        lrp(net, x, target=1, composite="epsilon", epsilon=1e-15),
+        (x * grad).detach(),
+        rtol=1e-9,
+        atol=1e-12,
+    )

@@ -47,8 +47,13 @@ def test_conservation_with_linearised_attention(model64, split: bool) -> None:
         # the Identity rule's 1e-6 stabiliser keeps it from being exact to the last digit
         torch.testing.assert_close(total, run.value, rtol=1e-4, atol=1e-9)
     plain = model64.run_with_grads(tokens, metric, sites[:1])
-    assert abs(float((plain.activations["r0.pre"] * plain.gradients["r0.pre"]).sum())
-               - float(plain.value)) > 1e-3  # without the rules it does not conserve
+    assert (
+        abs(
+            float((plain.activations["r0.pre"] * plain.gradients["r0.pre"]).sum())
+            - float(plain.value)
+        )
+        > 1e-3
+    )  # without the rules it does not conserve
 
 
 def test_ah_rule_stops_gradient_at_queries_and_keys(model64) -> None:

@@ -18,15 +18,22 @@ def sites(draw: st.DrawFn) -> Site:
     if kind in ("input", "logits"):
         return Site(kind, pos=draw(positions))
     if kind == "resid":
-        return Site(kind, draw(layers), draw(st.sampled_from(["pre", "mid", "post"])),
-                    pos=draw(positions))
+        return Site(
+            kind, draw(layers), draw(st.sampled_from(["pre", "mid", "post"])), pos=draw(positions)
+        )
     if kind == "mlp":
-        return Site(kind, draw(layers), draw(st.sampled_from(["out", "in", "pre", "post"])),
-                    pos=draw(positions))
+        return Site(
+            kind,
+            draw(layers),
+            draw(st.sampled_from(["out", "in", "pre", "post"])),
+            pos=draw(positions),
+        )
     if kind == "attn":
         head = draw(st.none() | st.integers(0, 40))
         port = draw(st.none() | st.sampled_from(["q", "k", "v"]))
-        fields = ["out", "z", "q", "k", "v", "pattern", "scores"] + ([] if head is not None else ["result"])
+        fields = ["out", "z", "q", "k", "v", "pattern", "scores"] + (
+            [] if head is not None else ["result"]
+        )
         field = None if port else draw(st.sampled_from(fields))
         return Site(kind, draw(layers), field, head, port, draw(positions))
     segment = st.from_regex(r"[A-Za-z0-9_]{1,6}", fullmatch=True)
