@@ -29,8 +29,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from interp import InterpError, ShapeError
-from interp._progress import progress_bar
+from interp import InterpError, ShapeError, progress_bar
 
 from ._base import check_fitted, check_matrix, explain_model_errors, model_input, reset_fitted
 

@@ -25,8 +25,15 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from interp import HookedModel, InterpError, ModuleModel, ShapeError, TransformerModel, wrap
-from interp._progress import progress_bar
+from interp import (
+    HookedModel,
+    InterpError,
+    ModuleModel,
+    ShapeError,
+    TransformerModel,
+    progress_bar,
+    wrap,
+)
 
 from ._base import (
     check_fitted,
@@ -566,7 +573,7 @@ def _plain_bits(
 
 def _token_batches(model: TransformerModel, prompts: Any) -> list[Tensor]:
     if isinstance(prompts, Tensor):
-        return [model._prepare(prompts)]
+        return [model.prepare(prompts)]
     if isinstance(prompts, str):
         prompts = [prompts]
     if (

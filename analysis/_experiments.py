@@ -14,8 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from interp import InterpError
-from interp._progress import progress_bar
+from interp import InterpError, progress_bar
 
 __all__ = [
     "Dataset",

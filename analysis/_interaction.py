@@ -31,8 +31,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from interp import InterpError, ShapeError
-from interp._progress import progress_bar
+from interp import InterpError, ShapeError, progress_bar
 
 from ._base import check_fitted, check_labels, check_matrix, reset_fitted
 

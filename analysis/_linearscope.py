@@ -291,7 +291,7 @@ class TransformerLinearScope:
 
     def interpret(self, prompt, position: int = -1) -> TransformerInterpretation:
         """Linearise the model at ``prompt`` (text or token ids) for the logits at ``position``."""
-        tokens = self.model._prepare(prompt)
+        tokens = self.model.prepare(prompt)
         if tokens.shape[0] != 1:
             raise ShapeError("interpret reads one prompt at a time.")
         with torch.no_grad():

@@ -29,8 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp import CircuitGraph, GradientRun, InterpError, Site, TransformerModel
-from interp._progress import progress_bar
+from interp import CircuitGraph, GradientRun, InterpError, Site, TransformerModel, progress_bar
 
 from ._edges import prepare_edge_model
 from ._layout import GraphLayout
@@ -290,7 +289,7 @@ def node_attribution(
         )[0].items()
     }
     scores = torch.full((len(graph.node_names),), float("nan"), dtype=torch.float64)
-    index = graph._node_index
+    index = graph.node_index
     scores[index["input"]] = per_site["input"]
     for layer in range(spec.n_layers):
         for head in range(spec.n_heads):

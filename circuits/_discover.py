@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp import CircuitGraph, InterpError, TransformerModel
-from interp._errors import did_you_mean
+from interp import CircuitGraph, InterpError, TransformerModel, did_you_mean
 
 from ._attribution import edge_attribution, node_attribution
 from ._edges import exact_edge_scores
@@ -227,7 +226,7 @@ def _node_graph(
     mlps = patched("mlp") - m_base
     whole = patched("resid")[0] - m_base  # patching the input = the other run
     scores = torch.full((len(graph.node_names),), float("nan"))
-    index = graph._node_index
+    index = graph.node_index
     scores[index["input"]] = whole
     for layer in range(model.spec.n_layers):
         for head in range(model.spec.n_heads):

@@ -18,8 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from interp import CircuitGraph, InterpError, Site, TransformerModel, ungroup_gqa
-from interp._progress import progress_bar
+from interp import CircuitGraph, InterpError, Site, TransformerModel, progress_bar, ungrouped
 
 from ._layout import GraphLayout, ReaderGroup, WriterGroup
 from ._tasks import Task
@@ -38,12 +37,7 @@ Ablation = Literal["corrupt", "mean"]
 def prepare_edge_model(model: TransformerModel) -> tuple[TransformerModel, GraphLayout]:
     """The model edge methods run on (ungrouped if it uses grouped-query attention) and its
     graph layout. The ungrouped copy is built once and kept on the model."""
-    if model.spec.n_kv_heads != model.spec.n_heads:
-        ungrouped = getattr(model, "_ungrouped", None)
-        if ungrouped is None:
-            ungrouped = ungroup_gqa(model)
-            model._ungrouped = ungrouped
-        model = ungrouped
+    model = ungrouped(model)
     return model, GraphLayout(model.spec)
 
 

@@ -24,8 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from interp import InterpError, ShapeError, Site, TransformerModel
-from interp._progress import progress_bar
+from interp import InterpError, ShapeError, Site, TransformerModel, progress_bar
 
 from ._tasks import Task
 

@@ -23,8 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp import InterpError, TransformerModel
-from interp._loading import DATA_DIR
+from interp import InterpError, TransformerModel, data_path
 
 __all__ = ["Task", "TaskError", "ioi_task", "task_from_jsonl", "task_from_pairs"]
 
@@ -262,7 +261,7 @@ def task_from_jsonl(model: TransformerModel, path: str | Path, *, prepend_bos: b
 
 def ioi_data() -> dict[str, Any]:
     """Names, places, objects and BABA templates shipped in ``data/ioi.json``."""
-    return json.loads((DATA_DIR / "ioi.json").read_text())
+    return json.loads(data_path("ioi.json").read_text())
 
 
 def abba(template: str) -> str:

@@ -16,6 +16,7 @@ from ._errors import (
     NetworkRequiredError,
     ShapeError,
     UnknownSiteError,
+    did_you_mean,
 )
 from ._frozen import frozen_gains
 from ._graph import CircuitGraph, EdgeView, NodeView
@@ -29,8 +30,9 @@ from ._hooked import (
     count_hooks,
     wrap,
 )
-from ._loading import MODELS, from_hf, load_model, ungroup_gqa
+from ._loading import MODELS, data_path, from_hf, load_model, ungroup_gqa, ungrouped
 from ._lrp import COMPOSITES, lrp, lrp_rules, plot_relevance
+from ._progress import progress_bar
 from ._rules import RULE_SETS, gradient_rules
 from ._site import Site
 from ._spec import ModelSpec
@@ -63,6 +65,8 @@ __all__ = [
     "UnknownSiteError",
     "__version__",
     "count_hooks",
+    "data_path",
+    "did_you_mean",
     "from_hf",
     "frozen_gains",
     "gradient_rules",
@@ -70,6 +74,8 @@ __all__ = [
     "lrp",
     "lrp_rules",
     "plot_relevance",
+    "progress_bar",
     "ungroup_gqa",
+    "ungrouped",
     "wrap",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
@@ -316,6 +317,11 @@ class CircuitGraph:
     def edges(self) -> _Views:
         """Mapping from edge name to a read-only :class:`EdgeView`."""
         return _Views(self, "edge")
+
+    @property
+    def node_index(self) -> Mapping[str, int]:
+        """Node name to its position in ``node_names`` (and in every per-node tensor)."""
+        return MappingProxyType(self._node_index)
 
     @property
     def score_dtype(self) -> torch.dtype:

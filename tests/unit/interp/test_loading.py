@@ -15,7 +15,7 @@ from tests.conftest import PROMPT
 
 
 def test_every_ioi_name_is_one_token(tiny_gpt2: interp.TransformerModel) -> None:
-    data = json.loads((_loading.DATA_DIR / "ioi.json").read_text())
+    data = json.loads(interp.data_path("ioi.json").read_text())
     tok = tiny_gpt2.tokenizer
     for name in data["names"]:
         ids = tok(" " + name, add_special_tokens=False).input_ids
