@@ -19,14 +19,12 @@ from ._edges import (
     plot_faithfulness,
     prepare_edge_model,
 )
-from ._layout import GraphLayout
 from ._patching import activation_patching, lookahead_patching, patching_costs
 from ._refined import Refined, refined_patching
 from ._tasks import Task, TaskError, ioi_task, task_from_jsonl, task_from_pairs
 
 __all__ = [
     "METHODS",
-    "GraphLayout",
     "Refined",
     "Task",
     "TaskError",

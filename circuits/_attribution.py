@@ -24,16 +24,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from interp import CircuitGraph, GradientRun, InterpError, Site, TransformerModel, progress_bar
+from interp import CircuitGraph, GraphLayout, InterpError, Site, TransformerModel, progress_bar
 
-from ._edges import prepare_edge_model
-from ._layout import GraphLayout
-from ._patching import COMPONENTS, Component, Direction, base_and_source, check_component
+from ._edges import check_layout, prepare_edge_model
+from ._options import Component, Direction, check_option
+from ._patching import COMPONENTS, base_and_source, check_component
 from ._tasks import Task
 
 __all__ = ["attribution_patching", "edge_attribution", "node_attribution"]
@@ -62,42 +62,52 @@ def _rules(model: TransformerModel, gradient_rules: GradientRules) -> Iterator[N
             yield
 
 
-def _gradients(
+class _Pass(NamedTuple):
+    """One chunk's attribution pass: activations of the base and source runs and the
+    gradients of the metric (summed over IG steps) at the requested sites."""
+
+    base: dict[str, Tensor]
+    source: dict[str, Tensor]
+    grads: dict[str, Tensor]
+    value: float  # the metric of the base run (the gradient run's first IG copy with one step)
+
+
+def _attribution_pass(
     model: TransformerModel,
     task: Task,
     sites: list[str],
-    base: Tensor,
-    source: Tensor,
+    direction: Direction,
     ig_steps: int,
     gradient_rules: GradientRules,
-) -> tuple[dict[str, Tensor], GradientRun]:
-    """Gradients of the task metric at ``sites``, summed over the IG steps, and the run (with
-    one step, its activations and value are the base run's).
+) -> _Pass:
+    """Two passes: the source run without gradients, then one forward/backward over the base
+    prompts stacked ``ig_steps`` times.
 
-    The base prompts are stacked ``ig_steps`` times; copy k runs with input embeddings
-    ``e_base + (k / ig_steps) (e_source - e_base)``."""
+    Copy k of the base prompts runs with input embeddings ``e_base + (k / ig_steps) (e_source -
+    e_base)`` (left Riemann sum), so copy 0 *is* the base run: its activations at ``sites`` are
+    the base activations, and no separate base run is needed."""
+    base, source = base_and_source(task, direction)
+    n = base.shape[0]
+    with torch.no_grad():
+        _, src = model.run_with_cache(source, list(dict.fromkeys(["input", *sites])))
     hooks: dict[str, Callable] = {}
     if ig_steps > 1:
-        _, emb = model.run_with_cache(source, ["input"])
-        _, base_emb = model.run_with_cache(base, ["input"])
-        alphas = (
-            torch.arange(ig_steps, dtype=base_emb["input"].dtype, device=base_emb["input"].device)
-            / ig_steps
-        )
-        path = (
-            base_emb["input"][None]
-            + alphas[:, None, None, None] * (emb["input"] - base_emb["input"])[None]
-        )
-        path = path.flatten(0, 1)
-        hooks["input"] = lambda x, site: path.to(x.dtype)
-    tokens = base.repeat(ig_steps, 1)
+        e_source = src["input"]
+
+        def path(x: Tensor, site: Site) -> Tensor:
+            alphas = torch.arange(ig_steps, dtype=x.dtype, device=x.device) / ig_steps
+            x = x.unflatten(0, (ig_steps, n))
+            step = (e_source.to(x.dtype)[None] - x) * alphas[:, None, None, None]
+            return (x + step).flatten(0, 1)
+
+        hooks["input"] = path
     with _rules(model, gradient_rules), model.hooks(hooks):
-        run = model.run_with_grads(tokens, task.logit_diff, sites)
-    n = base.shape[0]
-    return {
-        str(Site.parse(s)): g.view(ig_steps, n, *g.shape[1:]).sum(0)
-        for s, g in ((s, run.gradients[s]) for s in sites)
-    }, run
+        run = model.run_with_grads(base.repeat(ig_steps, 1), task.logit_diff, sites)
+    grads = {str(Site.parse(s)): run.gradients[s].unflatten(0, (ig_steps, n)).sum(0) for s in sites}
+    acts = {str(Site.parse(s)): run.activations[s][:n] for s in sites}
+    # with one step the run is the base run; with more, its mean mixes the path's copies
+    value = float(run.value) if ig_steps == 1 else float("nan")
+    return _Pass(acts, src, grads, value)
 
 
 def _site_scores(
@@ -116,19 +126,14 @@ def _site_scores(
     total: dict[str, Tensor] = {}
     m_base = 0.0
     for chunk in _prompt_chunks(n, ig_steps, rows_per_pass):
-        sub = task.subset(chunk)
-        base, source = base_and_source(sub, direction)
-        with torch.no_grad():
-            _, src = model.run_with_cache(source, sites)
-            cur = model.run_with_cache(base, sites)[1] if ig_steps > 1 else None
-        grads, run = _gradients(model, sub, sites, base, source, ig_steps, gradient_rules)
-        if cur is None:  # one step: the gradient run is the base run (rules keep its values)
-            cur = run.activations
+        run = _attribution_pass(
+            model, task.subset(chunk), sites, direction, ig_steps, gradient_rules
+        )
         weight = (chunk.stop - chunk.start) / n  # the metric is a mean over prompts
-        m_base += float(run.value) * weight
+        m_base += run.value * weight
         for site in sites:
-            value = ((src[site] - cur[site]) * grads[site]).sum(-1).sum(0) * weight
-            total[site] = value if site not in total else total[site] + value
+            value = ((run.source[site] - run.base[site]) * run.grads[site]).sum(-1).sum(0)
+            total[site] = value * weight if site not in total else total[site] + value * weight
     return total, (m_base if ig_steps == 1 else None)
 
 
@@ -150,7 +155,7 @@ def attribution_patching(
     """
     check_component(component)
     _check_steps(ig_steps)
-    base, _ = base_and_source(task, direction)
+    base, _ = base_and_source(task, check_option("direction", direction, Direction))
     sites = [COMPONENTS[component].format(layer=layer) for layer in range(model.spec.n_layers)]
     per_site, m_base = _site_scores(
         model, task, sites, direction, ig_steps, gradient_rules, rows_per_pass
@@ -164,26 +169,12 @@ def attribution_patching(
     return m_base + total
 
 
-def _writer_deltas(
-    model: TransformerModel, layout: GraphLayout, task: Task, direction: Direction
-) -> Tensor:
-    """(n, pos, writers, d_model): source minus base activation of every writer."""
-    base, source = base_and_source(task, direction)
-    sites = [g.site for g in layout.writer_groups]
-    with torch.no_grad():
-        _, src = model.run_with_cache(source, sites)
-        _, cur = model.run_with_cache(base, sites)
-    n, pos = base.shape
-    out = None
-    for g in layout.writer_groups:
-        delta = src[g.site] - cur[g.site]
-        if out is None:
-            out = delta.new_zeros(n, pos, layout.n_writers, delta.shape[-1])
-        if g.per_head:
-            out[:, :, list(g.index)] = delta
-        else:
-            out[:, :, g.index[0]] = delta
-    return out
+def _stack_writers(layout: GraphLayout, acts: dict[str, Tensor]) -> Tensor:
+    """(n, pos, writers, d_model): every writer's activation, in layout order."""
+    return torch.cat(
+        [acts[g.site] if g.per_head else acts[g.site][:, :, None] for g in layout.writer_groups],
+        dim=2,
+    )
 
 
 def _edge_matrix(
@@ -200,16 +191,15 @@ def _edge_matrix(
     n = len(task)
     edges = torch.zeros(layout.n_readers, layout.n_writers, dtype=torch.float64)
     nodes = torch.zeros(layout.n_writers, dtype=torch.float64)
-    reader_sites = [g.site for g in layout.reader_groups]
     writer_sites = [g.site for g in layout.writer_groups]
+    sites = [g.site for g in layout.reader_groups] + writer_sites
     chunks = list(_prompt_chunks(n, ig_steps, rows_per_pass))
     for chunk in progress_bar(chunks, desc="attribution", progress=progress):
-        sub = task.subset(chunk)
-        deltas = _writer_deltas(model, layout, sub, direction)
-        base, source = base_and_source(sub, direction)
-        grads, _ = _gradients(
-            model, sub, reader_sites + writer_sites, base, source, ig_steps, gradient_rules
+        run = _attribution_pass(
+            model, task.subset(chunk), sites, direction, ig_steps, gradient_rules
         )
+        deltas = _stack_writers(layout, run.source) - _stack_writers(layout, run.base)
+        grads = run.grads
         weight = (chunk.stop - chunk.start) / n
         # one matmul per reader group: (h, n*pos*d) @ (n*pos*d, writers so far)
         flat = deltas.permute(0, 1, 3, 2).reshape(-1, layout.n_writers)
@@ -218,10 +208,8 @@ def _edge_matrix(
             grad = grad.permute(2, 0, 1, 3).reshape(len(g.index), -1)
             block = grad @ flat[:, : g.n_prior]
             edges[list(g.index), : g.n_prior] += weight * block.double().cpu()
-        for g in layout.writer_groups:
-            grad = grads[g.site] if g.per_head else grads[g.site][:, :, None]
-            delta = deltas[:, :, list(g.index)]
-            nodes[list(g.index)] += weight * (delta.double() * grad.double()).sum((0, 1, 3)).cpu()
+        writer_grads = _stack_writers(layout, grads)
+        nodes += weight * (deltas.double() * writer_grads.double()).sum((0, 1, 3)).cpu()
     return edges, nodes
 
 
@@ -248,14 +236,16 @@ def edge_attribution(
         The graph with edge scores and node scores (logits unscored).
     """
     _check_steps(ig_steps)
-    graph = CircuitGraph.from_model(model) if graph is None else graph
+    check_option("direction", direction, Direction)
     edge_model, layout = prepare_edge_model(model)
+    graph = CircuitGraph.from_model(model) if graph is None else graph
+    check_layout(graph, layout)
     edges, nodes = _edge_matrix(
         edge_model, layout, task, direction, ig_steps, gradient_rules, rows_per_pass, progress
     )
     return graph.with_scores(
-        edge_scores=layout.from_matrix(graph, edges).float(),
-        node_scores=layout.node_values(graph, nodes).float(),
+        edge_scores=layout.from_matrix(edges).float(),
+        node_scores=layout.node_values(nodes).float(),
         method="eap" if ig_steps == 1 else "eap-ig",
         metric=task.metric_name,
         task=task.name,
@@ -276,27 +266,17 @@ def node_attribution(
 ) -> CircuitGraph:
     """AtP (or, with ``ig_steps > 1``, integrated-gradient) scores of the graph's nodes."""
     _check_steps(ig_steps)
+    check_option("direction", direction, Direction)
     graph = CircuitGraph.from_model(model) if graph is None else graph
-    spec = model.spec
-    sites = ["input"] + [
-        s for layer in range(spec.n_layers) for s in (f"a{layer}.result", f"m{layer}")
-    ]
+    layout = check_layout(graph, GraphLayout.of(model.spec))
+    sites = [g.site for g in layout.writer_groups]
     n = len(task)
-    per_site = {
-        site: value.double().sum(0)
-        for site, value in _site_scores(
-            model, task, sites, direction, ig_steps, gradient_rules, rows_per_pass
-        )[0].items()
-    }
-    scores = torch.full((len(graph.node_names),), float("nan"), dtype=torch.float64)
-    index = graph.node_index
-    scores[index["input"]] = per_site["input"]
-    for layer in range(spec.n_layers):
-        for head in range(spec.n_heads):
-            scores[index[f"a{layer}.h{head}"]] = per_site[f"a{layer}.result"][head]
-        scores[index[f"m{layer}"]] = per_site[f"m{layer}"]
+    per_site, _ = _site_scores(
+        model, task, sites, direction, ig_steps, gradient_rules, rows_per_pass
+    )
+    per_writer = torch.cat([per_site[site].double().sum(0).reshape(-1) for site in sites])
     return graph.with_scores(
-        node_scores=scores.float(),
+        node_scores=layout.node_values(per_writer).float(),
         method="atp" if ig_steps == 1 else "ig-nodes",
         metric=task.metric_name,
         task=task.name,

@@ -19,6 +19,7 @@ from interp import CircuitGraph, InterpError, TransformerModel, did_you_mean
 
 from ._attribution import edge_attribution, node_attribution
 from ._edges import exact_edge_scores
+from ._options import Level, check_option
 from ._patching import activation_patching, base_and_source, lookahead_patching
 from ._refined import refined_patching
 from ._tasks import Task
@@ -90,15 +91,14 @@ def discover(
             f"Unknown method {method!r}; registered: {', '.join(METHODS)}."
             + did_you_mean(method, METHODS)
         )
+    check_option("level", level, Level)
     if level not in entry.levels:
         raise InterpError(f"Method {method!r} scores {' and '.join(entry.levels)}s, not {level}s.")
     start = time.perf_counter()
-    graph = entry.fn(model, task, level, **options)
-    seconds = time.perf_counter() - start
-    return graph.copy(
-        method=method,
-        meta={**graph.meta, "level": level, "seconds": seconds, "n_prompts": len(task)},
-    )
+    graph = entry.fn(model, task, level, **options)  # a new graph, ours to label
+    graph.method = method
+    graph.meta.update(level=level, seconds=time.perf_counter() - start, n_prompts=len(task))
+    return graph
 
 
 @register_method(
@@ -222,17 +222,12 @@ def _node_graph(
     base, _ = base_and_source(task, graph.meta["direction"])
     with torch.no_grad():
         m_base = float(task.logit_diff(model(base)))
-    heads = patched("heads") - m_base
-    mlps = patched("mlp") - m_base
-    whole = patched("resid")[0] - m_base  # patching the input = the other run
-    scores = torch.full((len(graph.node_names),), float("nan"))
-    index = graph.node_index
-    scores[index["input"]] = whole
-    for layer in range(model.spec.n_layers):
-        for head in range(model.spec.n_heads):
-            scores[index[f"a{layer}.h{head}"]] = heads[layer, head]
-        scores[index[f"m{layer}"]] = mlps[layer]
-    return graph.with_scores(node_scores=scores)
+    per_writer = graph.layout.writer_values(
+        input=patched("resid")[0] - m_base,  # patching the input = the other run
+        heads=patched("heads") - m_base,
+        mlps=patched("mlp") - m_base,
+    )
+    return graph.with_scores(node_scores=graph.layout.node_values(per_writer))
 
 
 @register_method(

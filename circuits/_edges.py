@@ -13,14 +13,23 @@ corrupted (or mean) activation: ``(m(C) - m(corrupt)) / (m(clean) - m(corrupt))`
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-from interp import CircuitGraph, InterpError, Site, TransformerModel, progress_bar, ungrouped
+from interp import (
+    CircuitGraph,
+    GraphLayout,
+    InterpError,
+    ReaderGroup,
+    Site,
+    TransformerModel,
+    WriterGroup,
+    progress_bar,
+    ungrouped,
+)
 
-from ._layout import GraphLayout, ReaderGroup, WriterGroup
+from ._options import Ablation, Direction, Level, Run, Source, check_option
 from ._tasks import Task
 
 __all__ = [
@@ -28,17 +37,27 @@ __all__ = [
     "faithfulness",
     "faithfulness_curve",
     "exact_edge_scores",
+    "check_layout",
     "prepare_edge_model",
 ]
 
-Ablation = Literal["corrupt", "mean"]
-
 
 def prepare_edge_model(model: TransformerModel) -> tuple[TransformerModel, GraphLayout]:
-    """The model edge methods run on (ungrouped if it uses grouped-query attention) and its
-    graph layout. The ungrouped copy is built once and kept on the model."""
-    model = ungrouped(model)
-    return model, GraphLayout(model.spec)
+    """The model edge methods run on (ungrouped if it uses grouped-query attention, built once
+    per model: :func:`interp.ungrouped`) and its graph layout."""
+    if model.spec.parallel_attn_mlp:
+        raise InterpError("Edge methods support sequential attention/MLP blocks only.")
+    return ungrouped(model), GraphLayout.of(model.spec)
+
+
+def check_layout(graph: CircuitGraph, layout: GraphLayout) -> GraphLayout:
+    """The graph's layout, which must be the model's (same layers, heads and block kind)."""
+    if graph.layout is not layout:
+        raise InterpError(
+            f"The graph was built for another model shape ({graph.layout!r}) than this model's "
+            f"({layout!r}); build it with CircuitGraph.from_model(model)."
+        )
+    return layout
 
 
 def _writer_sites(layout: GraphLayout) -> list[str]:
@@ -133,8 +152,8 @@ def edge_patching(
     task: Task,
     patched: Tensor,
     *,
-    run: Literal["clean", "corrupt"] = "clean",
-    source: Literal["clean", "corrupt", "mean"] = "corrupt",
+    run: Run = "clean",
+    source: Source = "corrupt",
 ) -> Tensor:
     """The metric with chosen edges patched, for one or many masks at once.
 
@@ -155,7 +174,14 @@ def edge_patching(
     -------
     Tensor of shape (copies,) (or a scalar for one mask): the mean logit difference.
     """
-    layout = GraphLayout(model.spec)
+    check_option("run", run, Run)
+    check_option("source", source, Source)
+    if model.spec.n_kv_heads != model.spec.n_heads:
+        raise InterpError(
+            "edge_patching hooks each query head's own key and value input; run it on "
+            "interp.ungrouped(model) (prepare_edge_model does this)."
+        )
+    layout = GraphLayout.of(model.spec)
     single = patched.ndim == 2
     patched = patched[None] if single else patched
     if patched.shape[1:] != (layout.n_readers, layout.n_writers):
@@ -176,15 +202,12 @@ def edge_patching(
 
 def _circuit_mask(layout: GraphLayout, graph: CircuitGraph) -> Tensor:
     """Patch mask of a circuit: every real edge that is not in the circuit."""
-    w, r = layout.edge_index(graph)
     in_circuit = (
         graph.edge_in_graph
         & graph.node_in_graph[graph.edge_src]
         & graph.node_in_graph[graph.edge_dst]
     )
-    mask = torch.zeros(layout.n_readers, layout.n_writers, dtype=torch.bool)
-    mask[r, w] = ~in_circuit
-    return mask
+    return check_layout(graph, layout).to_matrix(~in_circuit)
 
 
 def baselines(model: TransformerModel, task: Task) -> tuple[float, float]:
@@ -212,6 +235,7 @@ def faithfulness(
     dict with ``faithfulness`` = (m(C) - m(corrupt)) / (m(clean) - m(corrupt)), ``metric``
     m(C), ``clean``, ``corrupt``, ``n_edges``, ``n_nodes``.
     """
+    check_option("ablation", ablation, Ablation)
     model, layout = prepare_edge_model(model)
     clean, corrupt = baselines(model, task)
     circuit = graph.prune()
@@ -253,13 +277,15 @@ def faithfulness_curve(
     task: Task,
     sizes: Sequence[int],
     *,
-    level: Literal["edge", "node"] = "edge",
+    level: Level = "edge",
     ablation: Ablation = "corrupt",
     progress: bool | None = None,
 ) -> object:
     """Faithfulness of the top-k circuits of a scored graph for each k (a pandas DataFrame)."""
     import pandas as pd
 
+    check_option("level", level, Level)
+    check_option("ablation", ablation, Ablation)
     rows = []
     for k in progress_bar(list(sizes), desc="faithfulness", progress=progress):
         circuit = graph.top(int(k), level=level)
@@ -296,7 +322,7 @@ def exact_edge_scores(
     graph: CircuitGraph,
     task: Task,
     *,
-    direction: Literal["denoising", "noising"] = "denoising",
+    direction: Direction = "denoising",
     edges_per_pass: int = 32,
     progress: bool | None = None,
 ) -> Tensor:
@@ -306,9 +332,11 @@ def exact_edge_scores(
     noising runs the clean prompts and patches the corrupted one. The reference that edge
     attribution methods are tested against.
     """
+    check_option("direction", direction, Direction)
     model, layout = prepare_edge_model(model)
     run, source = ("corrupt", "clean") if direction == "denoising" else ("clean", "corrupt")
-    w, r = layout.edge_index(graph)
+    check_layout(graph, layout)
+    w, r = layout.edge_writer, layout.edge_reader
     with torch.no_grad():
         base = float(task.logit_diff(model(task.corrupt if run == "corrupt" else task.clean)))
     scores = torch.empty(len(w))

@@ -19,13 +19,14 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from interp import InterpError, ShapeError, Site, TransformerModel, progress_bar
 
+from ._options import Component, Direction, check_option
 from ._tasks import Task
 
 __all__ = [
@@ -37,8 +38,6 @@ __all__ = [
     "patching_costs",
 ]
 
-Component = Literal["heads", "attn", "mlp", "resid"]
-Direction = Literal["denoising", "noising"]
 COMPONENTS: dict[str, str] = {
     "heads": "a{layer}.z",  # per head: [batch, pos, head, d_head]; as TL's hook_z patches
     "attn": "a{layer}",
@@ -57,16 +56,13 @@ class _Cell:
 
 def base_and_source(task: Task, direction: str) -> tuple[Tensor, Tensor]:
     """(tokens that are run, tokens whose activations are patched in) for a direction."""
-    if direction == "denoising":
+    if check_option("direction", direction, Direction) == "denoising":
         return task.corrupt, task.clean
-    if direction == "noising":
-        return task.clean, task.corrupt
-    raise InterpError(f"direction must be 'denoising' or 'noising'; got {direction!r}.")
+    return task.clean, task.corrupt
 
 
 def check_component(component: str) -> None:
-    if component not in COMPONENTS:
-        raise InterpError(f"component must be one of {list(COMPONENTS)}; got {component!r}.")
+    check_option("component", component, Component)
 
 
 def _cells(model: TransformerModel, component: str, per_position: bool, n_pos: int) -> list[_Cell]:

@@ -16,10 +16,12 @@ from ._errors import (
     NetworkRequiredError,
     ShapeError,
     UnknownSiteError,
+    check_option,
     did_you_mean,
 )
 from ._frozen import frozen_gains
 from ._graph import CircuitGraph, EdgeView, NodeView
+from ._layout import GraphLayout, ReaderGroup, WriterGroup
 from ._hooked import (
     ActivationCache,
     BlockInputs,
@@ -52,6 +54,9 @@ __all__ = [
     "EdgeView",
     "NodeView",
     "GradientRun",
+    "GraphLayout",
+    "ReaderGroup",
+    "WriterGroup",
     "GraphFormatError",
     "HookedModel",
     "InterpError",
@@ -64,6 +69,7 @@ __all__ = [
     "TransformerModel",
     "UnknownSiteError",
     "__version__",
+    "check_option",
     "count_hooks",
     "data_path",
     "did_you_mean",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any, get_args
 
 
 class InterpError(Exception):
@@ -45,3 +46,29 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     if not matches:
         return ""
     return " Did you mean " + ", ".join(repr(m) for m in matches) + "?"
+
+
+def check_option(name: str, value: Any, words: Any) -> str:
+    """``value`` if it is one of ``words`` (a ``Literal`` type or a collection of strings);
+    otherwise an :class:`InterpError` that lists the words and suggests close matches.
+
+    Option words are checked once, at the public entry point, so that a misspelt word is an
+    error and never a silent fallback.
+
+    Examples
+    --------
+    >>> from typing import Literal
+    >>> check_option("direction", "noising", Literal["denoising", "noising"])
+    'noising'
+    >>> check_option("direction", "nosing", ("denoising", "noising"))
+    Traceback (most recent call last):
+    ...
+    interp._errors.InterpError: direction must be one of 'denoising', 'noising'; got 'nosing'. Did you mean 'noising', 'denoising'?
+    """
+    allowed = get_args(words) or tuple(words)
+    if not isinstance(value, str) or value not in allowed:
+        raise InterpError(
+            f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}."
+            + (did_you_mean(value, allowed) if isinstance(value, str) else "")
+        )
+    return value

@@ -22,13 +22,14 @@ import torch
 from torch import Tensor
 
 from ._errors import GraphFormatError, InterpError, UnknownSiteError, did_you_mean
+from ._layout import PORTS, GraphLayout
 from ._site import Site
 from ._spec import ModelSpec
 
 __all__ = ["CircuitGraph", "EdgeView", "NodeView"]
 
 Level = Literal["edge", "node"]
-DEFAULT_PORTS = ("", "q", "k", "v")
+DEFAULT_PORTS = PORTS
 SCORE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -238,6 +239,7 @@ class CircuitGraph:
         self.meta = dict(meta or {})
         self.version = version or _version()
         self._edge_index_cache: dict[str, int] | None = None
+        self._layout: GraphLayout | None = None
 
     # -- construction -------------------------------------------------------------------------
 
@@ -255,25 +257,54 @@ class CircuitGraph:
             raise InterpError(
                 f"from_model needs a ModelSpec or a loaded model; got {type(model).__name__}."
             )
-        nodes = ["input"]
-        edges: list[tuple[str, str, str]] = []
-        upstream = ["input"]
-        for layer in range(spec.n_layers):
-            heads = [f"a{layer}.h{h}" for h in range(spec.n_heads)]
-            mlp = f"m{layer}"
-            for head in heads:
-                edges += [(u, head, p) for u in upstream for p in "qkv"]
-            nodes += heads + [mlp]
-            if spec.parallel_attn_mlp:
-                edges += [(u, mlp, "") for u in upstream]
-                upstream = upstream + heads + [mlp]
-            else:
-                upstream = upstream + heads
-                edges += [(u, mlp, "") for u in upstream]
-                upstream = upstream + [mlp]
-        nodes.append("logits")
-        edges += [(u, "logits", "") for u in upstream]
-        return cls(nodes, edges, model=spec, **kwargs)
+        layout = GraphLayout.of(spec)
+        edge_scores = kwargs.pop("edge_scores", None)
+        edge_in_graph = kwargs.pop("edge_in_graph", None)
+        graph = cls(layout.node_names, model=spec, **kwargs)
+        if graph.ports != PORTS:
+            raise InterpError(f"Transformer graphs use the ports {PORTS}; got {graph.ports}.")
+        n = len(layout.edge_src)
+        graph.edge_src, graph.edge_dst, graph.edge_port = (
+            layout.edge_src,
+            layout.edge_dst,
+            layout.edge_port,
+        )  # shared, never written: every selection replaces masks and scores, not these
+        graph.edge_scores = _scores(edge_scores, n, graph.score_dtype, "edge_scores")
+        graph.edge_in_graph = _mask(edge_in_graph, n, "edge_in_graph")
+        graph._layout = layout
+        return graph
+
+    @property
+    def layout(self) -> GraphLayout:
+        """The dense (reader, writer) layout of a full transformer graph: where each edge sits in
+        edge-score and patch-mask matrices (see :class:`interp.GraphLayout`).
+
+        Graphs from :meth:`from_model` carry it; a graph read from a file gets it once its nodes
+        and edges are checked to be its model's full graph, in order.
+        """
+        if self._layout is None:
+            if self.model is None:
+                raise InterpError(
+                    "This graph has no model spec, so it has no transformer layout; build it "
+                    "with CircuitGraph.from_model(model)."
+                )
+            layout = GraphLayout.of(self.model)
+            same = (
+                self.node_names == layout.node_names
+                and self.ports == PORTS
+                and all(
+                    torch.equal(getattr(self, name), getattr(layout, name))
+                    for name in ("edge_src", "edge_dst", "edge_port")
+                )
+            )
+            if not same:
+                raise InterpError(
+                    "This graph's nodes and edges are not the full graph of its model "
+                    f"({self.model.n_layers} layers, {self.model.n_heads} heads) in "
+                    "CircuitGraph.from_model's order, so edge methods cannot place its edges."
+                )
+            self._layout = layout
+        return self._layout
 
     def copy(self, **changes: Any) -> CircuitGraph:
         """A new graph sharing nothing mutable with this one, with some fields changed."""

@@ -1,0 +1,17 @@
+"""The option words of circuit discovery, each a ``Literal`` checked once at the public entry
+point (:func:`interp.check_option`), so a misspelt word is an error, never a silent fallback."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from interp import check_option
+
+__all__ = ["Ablation", "Component", "Direction", "Level", "Run", "Source", "check_option"]
+
+Direction = Literal["denoising", "noising"]
+Ablation = Literal["corrupt", "mean"]
+Level = Literal["edge", "node"]
+Component = Literal["heads", "attn", "mlp", "resid"]
+Run = Literal["clean", "corrupt"]  # the prompts edge patching runs
+Source = Literal["clean", "corrupt", "mean"]  # where patched activations come from
