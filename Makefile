@@ -24,12 +24,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/interp demo --out $(OUT)
 
-test: $(STAMP)
+LINTED := interp circuits analysis tests benchmarks
+
+# lint first: style, format and the import contracts of pyproject.toml fail fast, before the suite
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check interp circuits analysis tests benchmarks
-	$(BIN)/ruff format --check interp circuits analysis tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
@@ -38,4 +42,4 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab tutorials
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(OUT) .pytest_cache .hypothesis .import_linter_cache

@@ -21,10 +21,8 @@ from ._errors import (
 )
 from ._frozen import frozen_gains
 from ._graph import CircuitGraph, EdgeView, NodeView
-from ._layout import GraphLayout, ReaderGroup, WriterGroup
 from ._hooked import (
     ActivationCache,
-    BlockInputs,
     GradientRun,
     HookedModel,
     ModuleModel,
@@ -32,9 +30,11 @@ from ._hooked import (
     count_hooks,
     wrap,
 )
+from ._layout import GraphLayout, ReaderGroup, WriterGroup
 from ._loading import MODELS, data_path, from_hf, load_model, ungroup_gqa, ungrouped
 from ._lrp import COMPOSITES, lrp, lrp_rules, plot_relevance
 from ._progress import progress_bar
+from ._restart import BlockInputs
 from ._rules import RULE_SETS, gradient_rules
 from ._site import Site
 from ._spec import ModelSpec

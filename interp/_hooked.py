@@ -7,6 +7,9 @@ were, and it gives bit-identical outputs.
 A site is bound to a torch module (a bridge ``HookPoint`` or a module of a plain model) plus a
 view: an optional un-flattening of heads and an index that picks one head or one position. User
 hook functions see the view; what they return is written back into a copy of the full tensor.
+
+Restarting a pass at a block (``block_inputs``, ``forward_from``...) is an engine of its own in
+``_restart``; the :class:`TransformerModel` methods of those names hand it the bridge.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
+from . import _restart
 from ._errors import InterpError, ShapeError, UnknownSiteError, did_you_mean
+from ._restart import BlockInputs
 from ._site import Site, SiteLike
-from ._spec import ModelSpec
+from ._spec import ModelSpec, spec_from_bridge
 
 __all__ = [
     "ActivationCache",
@@ -69,19 +73,6 @@ class ActivationCache(dict):
                 f"mean {xf.mean().item():+.4f}  std {std:.4f}"
             )
         return "\n".join(lines)
-
-
-@dataclass
-class BlockInputs:
-    """What every block received in one forward pass: its residual input and the other
-    arguments (attention mask, position embeddings...), kept to restart the pass at a block."""
-
-    resid: list[Tensor]
-    args: list[tuple[Any, ...]]
-    kwargs: list[dict[str, Any]]
-    batch: int
-    kv: dict[int, tuple[Tensor, Tensor]] | None = None
-    """Each layer's attention keys and values (after rotary), when recorded."""
 
 
 class GradientRun(NamedTuple):
@@ -379,111 +370,6 @@ class HookedModel:
         return GradientRun(value.detach().reshape(()), acts, grads)
 
 
-def _tile(obj: Any, batch: int, copies: int) -> Any:
-    """Repeat every tensor whose first axis is the batch ``copies`` times (copy-major); drop
-    KV caches, which a restarted pass must not extend."""
-    from transformers.cache_utils import Cache
-
-    if isinstance(obj, Cache):
-        return None
-    if isinstance(obj, Tensor):
-        if copies > 1 and obj.ndim and obj.shape[0] == batch and batch > 1:
-            return obj.repeat(copies, *([1] * (obj.ndim - 1)))
-        if copies > 1 and obj.ndim and obj.shape[0] == batch == 1:
-            return obj.expand(copies, *obj.shape[1:])
-        return obj
-    if isinstance(obj, tuple):
-        return tuple(_tile(x, batch, copies) for x in obj)
-    if isinstance(obj, list):
-        return [_tile(x, batch, copies) for x in obj]
-    if isinstance(obj, dict):
-        return {k: _tile(v, batch, copies) for k, v in obj.items()}
-    return obj
-
-
-class _PrefixKV:
-    """Stands in for a KV cache inside the bridge's attention: records every layer's keys and
-    values (``prefix=None``), or puts recorded ones in front of the keys and values computed."""
-
-    def __init__(self, prefix: dict[int, tuple[Tensor, Tensor]] | None = None) -> None:
-        self.prefix = prefix
-        self.recorded: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any):
-        if self.prefix is None:
-            self.recorded[layer_idx] = (k.detach(), v.detach())
-            return k, v
-        pk, pv = self.prefix[layer_idx]
-        return torch.cat([pk, k], dim=-2), torch.cat([pv, v], dim=-2)
-
-
-def _inject_kv(bridge: nn.Module, layers: Iterable[int], cache: _PrefixKV) -> list[Any]:
-    """Hand ``cache`` to the attention of the given blocks as their ``past_key_values``."""
-
-    def inject(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]):
-        return args, {**kwargs, "past_key_values": cache}
-
-    return [
-        bridge.blocks[i].attn.register_forward_pre_hook(inject, with_kwargs=True) for i in layers
-    ]
-
-
-class _Returning:
-    """Makes a module return a given value without computing anything (its hooks still run);
-    ``remove()`` undoes it, like a hook's handle. ``called``: whether the module was called."""
-
-    def __init__(self, module: nn.Module, value: Any) -> None:
-        self.module, self.called = module, False
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            self.called = True
-            return value
-
-        # on the instance itself: bridge components forward attribute sets to the module they wrap
-        object.__setattr__(module, "forward", forward)
-
-    def remove(self) -> None:
-        self.module.__dict__.pop("forward", None)
-
-
-def _mlp_at_rows(mlp: nn.Module, positions: Tensor) -> list[Any]:
-    """Make a block's MLP compute one position per row (it acts on each position alone); the
-    other positions of its output are zero, for a pass that reads only these positions."""
-    shape: list[torch.Size] = []
-
-    def gather(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        x = args[0]
-        shape[:] = [x.shape]
-        rows = torch.arange(x.shape[0], device=x.device)
-        return (x[rows, positions.to(x.device)][:, None], *args[1:])
-
-    def scatter(module: nn.Module, args: Any, out: Tensor) -> Tensor:
-        full = out.new_zeros(*shape[0][:2], out.shape[-1])
-        rows = torch.arange(full.shape[0], device=full.device)
-        full[rows, positions.to(full.device)] = out[:, 0]
-        return full
-
-    return [mlp.register_forward_pre_hook(gather), mlp.register_forward_hook(scatter)]
-
-
-def _from_position(obj: Any, start: int, n_pos: int) -> Any:
-    """Block arguments for positions ``start..`` only: masks lose their first query rows,
-    per-position tensors (position ids, rotary cos/sin) their first positions."""
-    if not start:
-        return obj
-    if isinstance(obj, Tensor):
-        if obj.ndim == 4 and obj.shape[-2] == obj.shape[-1] == n_pos:
-            return obj[..., start:, :]
-        if obj.ndim >= 2 and obj.shape[1] == n_pos:
-            return obj[:, start:]
-        return obj
-    if isinstance(obj, tuple | list):
-        return type(obj)(_from_position(x, start, n_pos) for x in obj)
-    if isinstance(obj, dict):
-        return {k: _from_position(v, start, n_pos) for k, v in obj.items()}
-    return obj
-
-
 def _as_list(sites: Iterable[SiteLike] | SiteLike) -> list[SiteLike]:
     if isinstance(sites, str | Site):
         return [sites]
@@ -645,9 +531,8 @@ class TransformerModel(HookedModel):
             for v, i in zip(top.values, top.indices, strict=True)
         ]
 
-    # -- restarting a forward pass at a block -----------------------------------------------------
+    # -- restarting a forward pass at a block (the engine is in _restart) -----------------------
 
-    @torch.no_grad()
     def block_inputs(self, inputs: Any, *, keep_kv: bool = False) -> tuple[Tensor, BlockInputs]:
         """Run the model once and keep what each block received.
 
@@ -656,31 +541,7 @@ class TransformerModel(HookedModel):
         every layer's attention keys and values are kept too, so that a restarted pass can
         also skip the positions before a given one (``forward_from(..., start=)``).
         """
-        tokens = self.prepare(inputs)
-        blocks = self.bridge.blocks
-        got: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
-        handles = [
-            block.register_forward_pre_hook(
-                lambda mod, args, kwargs, i=i: got.__setitem__(i, (args, kwargs)), with_kwargs=True
-            )
-            for i, block in enumerate(blocks)
-        ]
-        recorder = _PrefixKV()
-        if keep_kv:
-            handles += _inject_kv(self.bridge, range(len(blocks)), recorder)
-        try:
-            logits = self.bridge(tokens, use_cache=False)
-        finally:
-            for handle in handles:
-                handle.remove()
-        order = range(len(blocks))
-        return logits, BlockInputs(
-            resid=[got[i][0][0].detach() for i in order],
-            args=[got[i][0][1:] for i in order],
-            kwargs=[got[i][1] for i in order],
-            batch=tokens.shape[0],
-            kv=recorder.recorded if keep_kv else None,
-        )
+        return _restart.block_inputs(self.bridge, self.prepare(inputs), keep_kv=keep_kv)
 
     def forward_from(
         self,
@@ -728,78 +589,28 @@ class TransformerModel(HookedModel):
         Tensor of shape (copies * batch, pos - start, d_vocab), or (copies * batch, d_vocab);
         with ``stop``, the residual (copies * batch, pos - start, d_model).
         """
-        if resid.shape[0] % inputs.batch:
-            raise ShapeError(
-                f"forward_from needs copies of the recorded batch of {inputs.batch}; "
-                f"got a residual of batch {resid.shape[0]}."
-            )
-        n_pos = inputs.resid[0].shape[1]
-        if resid.shape[1] != n_pos - start:
-            raise ShapeError(
-                f"forward_from(start={start}) needs a residual of {n_pos - start} "
-                f"positions; got {resid.shape[1]}."
-            )
-        if start and inputs.kv is None:
-            raise InterpError("forward_from(start=...) needs block_inputs(..., keep_kv=True).")
-        copies = resid.shape[0] // inputs.batch
-        end = len(self.bridge.blocks) if stop is None else stop
-        handles = []
-        if start:
-            prefix = {
-                i: tuple(_tile(t[..., :start, :], inputs.batch, copies) for t in kv)
-                for i, kv in inputs.kv.items()
-                if layer <= i < end
-            }
-            handles = _inject_kv(self.bridge, range(layer, end), _PrefixKV(prefix))
-        last = self.bridge.blocks[end - 1]
-        if (
-            stop is None
-            and positions is not None
-            and end - 1 > layer
-            and not any(s.layer == end - 1 for s in self._live_sites)
-        ):
-            handles += _mlp_at_rows(last.mlp, positions - start)
-        given = None
-        if attn_out is not None:
-            given = _Returning(self.bridge.blocks[layer].attn, (attn_out, None))
-            handles.append(given)
-        h = resid
-        try:
-            for i in range(layer, end):
-                args = _tile(_from_position(inputs.args[i], start, n_pos), inputs.batch, copies)
-                kwargs = _tile(_from_position(inputs.kwargs[i], start, n_pos), inputs.batch, copies)
-                out = self.bridge.blocks[i](h, *args, **kwargs)
-                h = out[0] if isinstance(out, tuple) else out
-        finally:
-            for handle in handles:
-                handle.remove()
-        if given is not None and not given.called:
-            raise InterpError(
-                f"Block {layer} did not call its attention module, so the attention "
-                "output given to forward_from was not used."
-            )
-        if stop is not None:
-            return h
-        if positions is not None:
-            h = h[torch.arange(h.shape[0], device=h.device), positions - start]
-        return self.unembed(self.bridge.ln_final(h), vocab)
+        return _restart.forward_from(
+            self.bridge,
+            layer,
+            resid,
+            inputs,
+            positions=positions,
+            start=start,
+            stop=stop,
+            vocab=vocab,
+            attn_out=attn_out,
+            hooked_layers=frozenset(site.layer for site in self._live_sites),
+        )
 
     def attention_output(self, layer: int, z: Tensor) -> Tensor:
         """The output of block ``layer``'s attention for given head outputs ``z`` (batch, pos,
         head, d_head), as site ``a{layer}.z`` holds them: its output projection."""
-        return self.bridge.blocks[layer].attn.o(z.flatten(-2))
+        return _restart.attention_output(self.bridge, layer, z)
 
     def unembed(self, x: Tensor, vocab: Tensor | None = None) -> Tensor:
         """Logits of a normalised final residual, for every token or only the ids in ``vocab``
         (the same numbers, without computing the others)."""
-        head = self.bridge.unembed.original_component
-        if vocab is None:
-            return self.bridge.unembed(x)
-        if not isinstance(head, nn.Linear):
-            return self.bridge.unembed(x)[..., vocab.to(x.device)]
-        vocab = vocab.to(head.weight.device)
-        bias = None if head.bias is None else head.bias[vocab]
-        return F.linear(x, head.weight[vocab], bias)
+        return _restart.unembed(self.bridge, x, vocab)
 
     # -- sites ------------------------------------------------------------------------------------
 
@@ -966,7 +777,5 @@ def wrap(model: nn.Module, spec: ModelSpec | None = None) -> HookedModel:
     if isinstance(model, HookedModel):
         return model
     if hasattr(model, "hook_dict") and hasattr(model, "cfg") and hasattr(model, "to_tokens"):
-        from ._loading import spec_from_bridge
-
         return TransformerModel(model, spec or spec_from_bridge(model, name="bridge"))
     return ModuleModel(model)

@@ -27,7 +27,7 @@ import torch
 
 from ._errors import InterpError, ModelLoadError, NetworkRequiredError, did_you_mean
 from ._hooked import TransformerModel
-from ._spec import ModelSpec
+from ._spec import spec_from_bridge
 
 __all__ = [
     "MODELS",
@@ -74,28 +74,6 @@ class ModelEntry:
 
 
 # -- the one bridge path ------------------------------------------------------------------------
-
-
-def spec_from_bridge(bridge: Any, name: str) -> ModelSpec:
-    """A :class:`ModelSpec` read off a bridge's config."""
-    cfg = bridge.cfg
-    n_heads = int(cfg.n_heads)
-    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
-    return ModelSpec(
-        name=name,
-        architecture=str(
-            getattr(cfg, "architecture", None) or type(bridge.original_model).__name__
-        ),
-        n_layers=int(cfg.n_layers),
-        n_heads=n_heads,
-        n_kv_heads=int(n_kv),
-        d_model=int(cfg.d_model),
-        d_head=int(cfg.d_head),
-        d_mlp=int(cfg.d_mlp) if getattr(cfg, "d_mlp", None) else None,
-        d_vocab=int(cfg.d_vocab),
-        n_ctx=int(cfg.n_ctx) if getattr(cfg, "n_ctx", None) else None,
-        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
-    )
 
 
 def from_hf(

@@ -7,7 +7,7 @@ from typing import Any
 
 from ._errors import GraphFormatError
 
-__all__ = ["ModelSpec"]
+__all__ = ["ModelSpec", "spec_from_bridge"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,25 @@ class ModelSpec:
             return cls(**data)
         except (TypeError, ValueError) as err:
             raise GraphFormatError(f"model spec is invalid: {err}") from None
+
+
+def spec_from_bridge(bridge: Any, name: str) -> ModelSpec:
+    """A :class:`ModelSpec` read off a bridge's config."""
+    cfg = bridge.cfg
+    n_heads = int(cfg.n_heads)
+    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
+    return ModelSpec(
+        name=name,
+        architecture=str(
+            getattr(cfg, "architecture", None) or type(bridge.original_model).__name__
+        ),
+        n_layers=int(cfg.n_layers),
+        n_heads=n_heads,
+        n_kv_heads=int(n_kv),
+        d_model=int(cfg.d_model),
+        d_head=int(cfg.d_head),
+        d_mlp=int(cfg.d_mlp) if getattr(cfg, "d_mlp", None) else None,
+        d_vocab=int(cfg.d_vocab),
+        n_ctx=int(cfg.n_ctx) if getattr(cfg, "n_ctx", None) else None,
+        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
+    )

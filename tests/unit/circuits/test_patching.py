@@ -126,7 +126,7 @@ def test_shortcuts_fall_back_when_they_are_not_exact(tiny_llama, monkeypatch, br
     running the attention, does not reproduce the model's logits (here: the per-position block
     arguments are left whole or shifted; the attention output handed over in a form the block
     reads wrongly), patching warns and runs everything; results stay exact."""
-    import interp._hooked as hooked
+    import interp._restart as hooked
 
     task = ioi_task(tiny_llama, 3, seed=5, template_ids=[0])
     component = "heads" if broken == "attention" else "resid"

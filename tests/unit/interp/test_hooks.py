@@ -264,3 +264,49 @@ def test_bad_inputs(tiny: interp.TransformerModel, mlp: interp.ModuleModel) -> N
         tiny(PROMPT)
     with pytest.raises(UnknownSiteError, match="0:in"):
         mlp.resolve("7")
+
+
+# -- wrapping and restarting at a block ----------------------------------------------------------
+
+
+def test_wrap_reads_the_spec_off_a_bridge(tiny: interp.TransformerModel) -> None:
+    wrapped = interp.wrap(tiny.bridge)
+    assert isinstance(wrapped, interp.TransformerModel)
+    assert wrapped.spec == tiny.spec.__class__(**{**tiny.spec.to_dict(), "name": "bridge"})
+    assert interp.wrap(tiny) is tiny
+    assert isinstance(interp.wrap(torch.nn.Linear(2, 2)), interp.ModuleModel)
+
+
+def test_restarting_at_any_block_reproduces_the_run(tiny: interp.TransformerModel) -> None:
+    """forward_from on what block_inputs recorded gives the model's logits from every block, from
+    a later position on (keys and values of the earlier ones reused), for stacked copies of the
+    batch, up to a given block only, and with the attention output handed in; no hook remains."""
+    tokens = tiny.to_tokens([PROMPT, OTHER])
+    expected = tiny(tokens)
+    hooks = count_hooks(tiny.model)  # after a first pass: the bridge wires some hooks of its own
+    logits, inputs = tiny.block_inputs(tokens, keep_kv=True)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+    last = tiny.spec.n_layers - 1
+    for layer in range(tiny.spec.n_layers):
+        again = tiny.forward_from(layer, inputs.resid[layer], inputs)
+        torch.testing.assert_close(again, logits, atol=1e-5, rtol=0)
+        later = tiny.forward_from(layer, inputs.resid[layer][:, 5:], inputs, start=5)
+        torch.testing.assert_close(later, logits[:, 5:], atol=1e-5, rtol=0)
+    copies = tiny.forward_from(last, inputs.resid[last].repeat(3, 1, 1), inputs)
+    torch.testing.assert_close(copies, logits.repeat(3, 1, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        tiny.forward_from(0, inputs.resid[0], inputs, stop=last), inputs.resid[last]
+    )
+    _, cache = tiny.run_with_cache(tokens, [f"a{last}.z", f"a{last}"])
+    attn_out = tiny.attention_output(last, cache[f"a{last}.z"])
+    torch.testing.assert_close(attn_out, cache[f"a{last}"], atol=1e-5, rtol=0)
+    given = tiny.forward_from(last, inputs.resid[last], inputs, attn_out=attn_out)
+    torch.testing.assert_close(given, logits, atol=1e-5, rtol=0)
+    final = torch.randn(2, 3, tiny.spec.d_model)
+    vocab = torch.tensor([4, 0, 9])
+    torch.testing.assert_close(tiny.unembed(final, vocab), tiny.unembed(final)[..., vocab])
+    assert count_hooks(tiny.model) == hooks
+    with pytest.raises(InterpError, match="keep_kv"):
+        tiny.forward_from(0, inputs.resid[0][:, 5:], tiny.block_inputs(tokens)[1], start=5)
+    with pytest.raises(ShapeError, match="copies"):
+        tiny.forward_from(0, inputs.resid[0][:1], inputs)
