@@ -7,7 +7,8 @@ Every method is "activation difference x gradient":
   residual copy that reader v (a head's q/k/v input, an MLP's input, the logits) reads;
 - EAP-IG averages the gradient over ``ig_steps`` points on the straight line from the base
   input embeddings towards the source ones (left Riemann sum: the base end is included, the
-  source end is not), so with one step it is EAP.
+  source end is not), so with one step it is EAP; ``ig_alphas`` gives the points explicitly
+  (``(0, 1)``: the clean-corrupted method, the mean of the gradients at both runs).
 
 Sums run over prompts (the metric is their mean), positions and d_model. The whole batch goes
 through one forward and one backward pass (the IG steps ride along as stacked copies);
@@ -22,7 +23,7 @@ of RelP) without changing the forward one.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
@@ -42,9 +43,21 @@ GradientRules = Callable[[TransformerModel], AbstractContextManager[Any]] | None
 DEFAULT_ROWS_PER_PASS = 32
 
 
-def _check_steps(ig_steps: int) -> None:
+def _path(ig_steps: int, ig_alphas: Sequence[float] | None) -> tuple[float, ...]:
+    """The points on the straight line from the base (0) to the source (1) input embeddings
+    where gradients are taken and averaged: ``k / ig_steps`` for k < ig_steps (a left Riemann
+    sum), or ``ig_alphas`` as given (``(0, 1)`` is the clean-corrupted method)."""
     if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
         raise InterpError(f"ig_steps must be an int >= 1; got {ig_steps!r}.")
+    if ig_alphas is None:
+        return tuple(k / ig_steps for k in range(ig_steps))
+    alphas = tuple(float(a) for a in ig_alphas)
+    if not alphas or alphas[0] != 0.0 or not all(0.0 <= a <= 1.0 for a in alphas):
+        raise InterpError(
+            "ig_alphas must be points in [0, 1] that start at 0 (the base run, whose "
+            f"activations the scores are taken from); got {tuple(ig_alphas)!r}."
+        )
+    return alphas
 
 
 def _prompt_chunks(n: int, copies: int, rows_per_pass: int) -> Iterator[slice]:
@@ -77,36 +90,37 @@ def _attribution_pass(
     task: Task,
     sites: list[str],
     direction: Direction,
-    ig_steps: int,
+    alphas: tuple[float, ...],
     gradient_rules: GradientRules,
 ) -> _Pass:
     """Two passes: the source run without gradients, then one forward/backward over the base
-    prompts stacked ``ig_steps`` times.
+    prompts stacked once per point of the path.
 
-    Copy k of the base prompts runs with input embeddings ``e_base + (k / ig_steps) (e_source -
-    e_base)`` (left Riemann sum), so copy 0 *is* the base run: its activations at ``sites`` are
-    the base activations, and no separate base run is needed."""
+    Copy k of the base prompts runs with input embeddings ``e_base + alphas[k] (e_source -
+    e_base)``. Since ``alphas[0] = 0``, copy 0 *is* the base run: its activations at ``sites``
+    are the base activations, and no separate base run is needed."""
     base, source = base_and_source(task, direction)
     n = base.shape[0]
     with torch.no_grad():
         _, src = model.run_with_cache(source, list(dict.fromkeys(["input", *sites])))
     hooks: dict[str, Callable] = {}
-    if ig_steps > 1:
+    steps = len(alphas)
+    if steps > 1:
         e_source = src["input"]
 
         def path(x: Tensor, site: Site) -> Tensor:
-            alphas = torch.arange(ig_steps, dtype=x.dtype, device=x.device) / ig_steps
-            x = x.unflatten(0, (ig_steps, n))
-            step = (e_source.to(x.dtype)[None] - x) * alphas[:, None, None, None]
-            return (x + step).flatten(0, 1)
+            a = torch.tensor(alphas, dtype=x.dtype, device=x.device)[:, None, None, None]
+            x = x.unflatten(0, (steps, n))
+            return (x + (e_source.to(x.dtype)[None] - x) * a).flatten(0, 1)
 
         hooks["input"] = path
     with _rules(model, gradient_rules), model.hooks(hooks):
-        run = model.run_with_grads(base.repeat(ig_steps, 1), task.logit_diff, sites)
-    grads = {str(Site.parse(s)): run.gradients[s].unflatten(0, (ig_steps, n)).sum(0) for s in sites}
+        run = model.run_with_grads(base.repeat(steps, 1), task.logit_diff, sites)
+    # the metric is a mean over all copies, so the sum over copies is the mean over the path
+    grads = {str(Site.parse(s)): run.gradients[s].unflatten(0, (steps, n)).sum(0) for s in sites}
     acts = {str(Site.parse(s)): run.activations[s][:n] for s in sites}
     # with one step the run is the base run; with more, its mean mixes the path's copies
-    value = float(run.value) if ig_steps == 1 else float("nan")
+    value = float(run.value) if steps == 1 else float("nan")
     return _Pass(acts, src, grads, value)
 
 
@@ -115,7 +129,7 @@ def _site_scores(
     task: Task,
     sites: list[str],
     direction: Direction,
-    ig_steps: int,
+    alphas: tuple[float, ...],
     gradient_rules: GradientRules,
     rows_per_pass: int,
 ) -> tuple[dict[str, Tensor], float | None]:
@@ -125,16 +139,14 @@ def _site_scores(
     n = len(task)
     total: dict[str, Tensor] = {}
     m_base = 0.0
-    for chunk in _prompt_chunks(n, ig_steps, rows_per_pass):
-        run = _attribution_pass(
-            model, task.subset(chunk), sites, direction, ig_steps, gradient_rules
-        )
+    for chunk in _prompt_chunks(n, len(alphas), rows_per_pass):
+        run = _attribution_pass(model, task.subset(chunk), sites, direction, alphas, gradient_rules)
         weight = (chunk.stop - chunk.start) / n  # the metric is a mean over prompts
         m_base += run.value * weight
         for site in sites:
             value = ((run.source[site] - run.base[site]) * run.grads[site]).sum(-1).sum(0)
             total[site] = value * weight if site not in total else total[site] + value * weight
-    return total, (m_base if ig_steps == 1 else None)
+    return total, (m_base if len(alphas) == 1 else None)
 
 
 def attribution_patching(
@@ -145,6 +157,7 @@ def attribution_patching(
     per_position: bool = False,
     direction: Direction = "denoising",
     ig_steps: int = 1,
+    ig_alphas: Sequence[float] | None = None,
     gradient_rules: GradientRules = None,
     rows_per_pass: int = DEFAULT_ROWS_PER_PASS,
 ) -> Tensor:
@@ -154,11 +167,11 @@ def attribution_patching(
     result compares directly with activation patching (subtract the base metric for effects).
     """
     check_component(component)
-    _check_steps(ig_steps)
+    alphas = _path(ig_steps, ig_alphas)
     base, _ = base_and_source(task, check_option("direction", direction, Direction))
     sites = [COMPONENTS[component].format(layer=layer) for layer in range(model.spec.n_layers)]
     per_site, m_base = _site_scores(
-        model, task, sites, direction, ig_steps, gradient_rules, rows_per_pass
+        model, task, sites, direction, alphas, gradient_rules, rows_per_pass
     )
     total = torch.stack(
         [per_site[site] if per_position else per_site[site].sum(0) for site in sites]
@@ -182,7 +195,7 @@ def _edge_matrix(
     layout: GraphLayout,
     task: Task,
     direction: Direction,
-    ig_steps: int,
+    alphas: tuple[float, ...],
     gradient_rules: GradientRules,
     rows_per_pass: int,
     progress: bool | None,
@@ -193,11 +206,9 @@ def _edge_matrix(
     nodes = torch.zeros(layout.n_writers, dtype=torch.float64)
     writer_sites = [g.site for g in layout.writer_groups]
     sites = [g.site for g in layout.reader_groups] + writer_sites
-    chunks = list(_prompt_chunks(n, ig_steps, rows_per_pass))
+    chunks = list(_prompt_chunks(n, len(alphas), rows_per_pass))
     for chunk in progress_bar(chunks, desc="attribution", progress=progress):
-        run = _attribution_pass(
-            model, task.subset(chunk), sites, direction, ig_steps, gradient_rules
-        )
+        run = _attribution_pass(model, task.subset(chunk), sites, direction, alphas, gradient_rules)
         deltas = _stack_writers(layout, run.source) - _stack_writers(layout, run.base)
         grads = run.grads
         weight = (chunk.stop - chunk.start) / n
@@ -219,6 +230,7 @@ def edge_attribution(
     task: Task,
     *,
     ig_steps: int = 1,
+    ig_alphas: Sequence[float] | None = None,
     direction: Direction = "denoising",
     gradient_rules: GradientRules = None,
     rows_per_pass: int = DEFAULT_ROWS_PER_PASS,
@@ -235,21 +247,26 @@ def edge_attribution(
     CircuitGraph
         The graph with edge scores and node scores (logits unscored).
     """
-    _check_steps(ig_steps)
+    alphas = _path(ig_steps, ig_alphas)
     check_option("direction", direction, Direction)
     edge_model, layout = prepare_edge_model(model)
     graph = CircuitGraph.from_model(model) if graph is None else graph
     check_layout(graph, layout)
     edges, nodes = _edge_matrix(
-        edge_model, layout, task, direction, ig_steps, gradient_rules, rows_per_pass, progress
+        edge_model, layout, task, direction, alphas, gradient_rules, rows_per_pass, progress
     )
     return graph.with_scores(
         edge_scores=layout.from_matrix(edges).float(),
         node_scores=layout.node_values(nodes).float(),
-        method="eap" if ig_steps == 1 else "eap-ig",
+        method="eap" if len(alphas) == 1 else "eap-ig",
         metric=task.metric_name,
         task=task.name,
-        meta={**graph.meta, "direction": direction, "ig_steps": ig_steps, "n_prompts": len(task)},
+        meta={
+            **graph.meta,
+            "direction": direction,
+            "ig_alphas": list(alphas),
+            "n_prompts": len(task),
+        },
     )
 
 
@@ -259,26 +276,25 @@ def node_attribution(
     task: Task,
     *,
     ig_steps: int = 1,
+    ig_alphas: Sequence[float] | None = None,
     direction: Direction = "denoising",
     gradient_rules: GradientRules = None,
     rows_per_pass: int = DEFAULT_ROWS_PER_PASS,
     progress: bool | None = None,
 ) -> CircuitGraph:
     """AtP (or, with ``ig_steps > 1``, integrated-gradient) scores of the graph's nodes."""
-    _check_steps(ig_steps)
+    alphas = _path(ig_steps, ig_alphas)
     check_option("direction", direction, Direction)
     graph = CircuitGraph.from_model(model) if graph is None else graph
     layout = check_layout(graph, GraphLayout.of(model.spec))
     sites = [g.site for g in layout.writer_groups]
     n = len(task)
-    per_site, _ = _site_scores(
-        model, task, sites, direction, ig_steps, gradient_rules, rows_per_pass
-    )
+    per_site, _ = _site_scores(model, task, sites, direction, alphas, gradient_rules, rows_per_pass)
     per_writer = torch.cat([per_site[site].double().sum(0).reshape(-1) for site in sites])
     return graph.with_scores(
         node_scores=layout.node_values(per_writer).float(),
-        method="atp" if ig_steps == 1 else "ig-nodes",
+        method="atp" if len(alphas) == 1 else "ig-nodes",
         metric=task.metric_name,
         task=task.name,
-        meta={**graph.meta, "direction": direction, "ig_steps": ig_steps, "n_prompts": n},
+        meta={**graph.meta, "direction": direction, "ig_steps": len(alphas), "ig_alphas": list(alphas), "n_prompts": n},
     )
