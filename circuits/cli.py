@@ -18,7 +18,8 @@ from typing import Any
 
 import typer
 
-from interp import MODELS, CircuitGraph, InterpError, load_model
+from circuits import METHODS
+from interp import FORMATS, MODELS, CircuitGraph, InterpError, load_model
 
 app = typer.Typer(
     help="Mechanistic interpretability toolkit: models, sites, circuit graphs.",
@@ -78,15 +79,8 @@ def sites(
         typer.echo(f"{site!s:<22} {', '.join(loaded.axes(site))}")
 
 
-class ExportFormat(str, Enum):
-    json = "json"
-    graphml = "graphml"
-    dot = "dot"
-    csv = "csv"
-    html = "html"
-    png = "png"
-    svg = "svg"
-    eap_ig = "eap-ig"
+# choices read from the registries, so a registered format or method shows up here by itself
+ExportFormat = Enum("ExportFormat", {name: name for name in FORMATS}, type=str)
 
 
 def _read_graph(path: Path) -> CircuitGraph:
@@ -97,24 +91,18 @@ def _read_graph(path: Path) -> CircuitGraph:
 @_friendly
 def export(
     graph: Path = typer.Argument(..., help="A circuit-graph JSON file."),
-    to: ExportFormat = typer.Option(..., "--to", help="Output format."),
+    to: ExportFormat = typer.Option(
+        None,
+        "--to",
+        help="Output format (default: from the suffix of --out): "
+        + "; ".join(f"{f.name}: {f.description}" for f in FORMATS.values())
+        + ".",
+    ),
     out: Path = typer.Option(..., "--out", help="Output file."),
 ) -> None:
     """Convert a circuit-graph JSON file to another format."""
     g = _read_graph(graph)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writers: dict[ExportFormat, Callable[[Path], Any]] = {
-        ExportFormat.json: lambda p: g.to_json(p, indent=1),
-        ExportFormat.graphml: g.to_graphml,
-        ExportFormat.dot: g.to_dot,
-        ExportFormat.csv: g.to_csv,
-        ExportFormat.html: g.to_html,
-        ExportFormat.png: g.draw,
-        ExportFormat.svg: g.draw,
-        ExportFormat.eap_ig: g.to_eap_ig,
-    }
-    writers[to](out)
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {g.export(out, None if to is None else to.value)}")
 
 
 @app.command()
@@ -154,18 +142,13 @@ def _run_discovery(
         err=True,
     )
     graph = discover(model, task, method, level)
-    circuit = graph.top(min(top, _n_scored(graph, level)), level=level)
+    circuit = graph.top(min(top, graph.n_ranked(level)), level=level)
     typer.echo("measuring faithfulness ...", err=True)
     result = faithfulness(model, circuit, task)
     circuit = circuit.copy(
         meta={**circuit.meta, "faithfulness": result["faithfulness"], "top": top, "seed": seed}
     )
     return model, circuit, result
-
-
-def _n_scored(graph: CircuitGraph, level: str) -> int:
-    scores = graph.edge_scores if level == "edge" else graph.node_scores
-    return int((~scores.isnan()).sum()) - (2 if level == "node" else 0)
 
 
 @app.command()
@@ -175,7 +158,9 @@ def discover(
     task: str = typer.Option("ioi", help="'ioi' or a JSONL file of clean/corrupt/answer/wrong."),
     method: str = typer.Option(
         "eap-ig",
-        help="A registered method: activation-patching, atp, eap, eap-ig, relp, relp-ah, attnlrp, lookahead, refined.",
+        help="A registered method: "
+        + "; ".join(f"{m.name} ({m.description})" for m in METHODS.values())
+        + ".",
     ),
     level: Level = typer.Option(Level.edge, help="Score edges or nodes."),
     n_prompts: int = typer.Option(16, help="IOI prompt pairs."),

@@ -19,6 +19,7 @@ from ._errors import (
     check_option,
     did_you_mean,
 )
+from ._formats import FORMATS, ExportFormat, register_format
 from ._frozen import frozen_gains
 from ._graph import CircuitGraph, EdgeView, NodeView
 from ._hooked import (
@@ -52,6 +53,8 @@ __all__ = [
     "BlockInputs",
     "CircuitGraph",
     "EdgeView",
+    "ExportFormat",
+    "FORMATS",
     "NodeView",
     "GradientRun",
     "GraphLayout",
@@ -81,6 +84,7 @@ __all__ = [
     "lrp_rules",
     "plot_relevance",
     "progress_bar",
+    "register_format",
     "ungroup_gqa",
     "ungrouped",
     "wrap",

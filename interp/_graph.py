@@ -454,6 +454,11 @@ class CircuitGraph:
             new.edge_in_graph = new.node_in_graph[self.edge_src] & new.node_in_graph[self.edge_dst]
         return new.prune() if prune else new
 
+    def n_ranked(self, level: Level = "edge") -> int:
+        """How many edges (or nodes) :meth:`top` can choose from: the scored ones, and at node
+        level not the sources and sinks (``input`` and ``logits``), which always stay in."""
+        return int((self._ranked(level, True) > -math.inf).sum())
+
     def top(
         self, k: int, *, level: Level = "edge", absolute: bool = True, prune: bool = True
     ) -> CircuitGraph:
@@ -464,7 +469,7 @@ class CircuitGraph:
         input to logits.
         """
         scores = self._ranked(level, absolute)
-        n_scored = int((scores > -math.inf).sum())
+        n_scored = self.n_ranked(level)
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise InterpError(f"k must be an int >= 0; got {k!r}.")
         if k > n_scored:
@@ -501,6 +506,20 @@ class CircuitGraph:
         return new
 
     # -- formats (implemented in _graph_io) ----------------------------------------------------
+
+    def export(self, path: Any, format: str | None = None) -> Any:
+        """Write the graph to ``path`` in a registered format (``interp.FORMATS``), inferred from
+        the suffix unless given; the file is written atomically. Returns the path.
+
+        Examples
+        --------
+        >>> spec = ModelSpec(name="toy", architecture="gpt2", n_layers=1, n_heads=2, d_model=8)
+        >>> sorted(FORMATS)[:3]
+        ['csv', 'dot', 'eap-ig']
+        """
+        from ._formats import export
+
+        return export(self, path, format)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (see :func:`to_json`)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ._formats import register_format
 from ._graph import CircuitGraph
 from ._graph_io import _node_color, node_layer
 
@@ -49,19 +50,22 @@ def _layout(g: CircuitGraph, nodes: list[int], edges: list[int]) -> dict[int, tu
 
 
 def _longest_path_layers(g: CircuitGraph, nodes: list[int], edges: list[int]) -> dict[int, float]:
-    layer = dict.fromkeys(nodes, 0.0)
+    """Layer = longest path from a source (networkx's topological generations); nodes on a
+    cycle share the layer of their strongly connected component."""
+    import networkx as nx
+
     keep = set(nodes)
-    pairs = [(int(g.edge_src[e]), int(g.edge_dst[e])) for e in edges]
-    pairs = [(s, d) for s, d in pairs if s in keep and d in keep]
-    for _ in range(len(nodes)):  # Bellman-Ford style relaxation; stops early on a DAG
-        changed = False
-        for s, d in pairs:
-            if layer[d] < layer[s] + 1 and layer[s] + 1 <= len(nodes):
-                layer[d] = layer[s] + 1
-                changed = True
-        if not changed:
-            break
-    return layer
+    graph = nx.DiGraph()
+    graph.add_nodes_from(nodes)
+    graph.add_edges_from(
+        (s, d)
+        for s, d in zip(g.edge_src[edges].tolist(), g.edge_dst[edges].tolist(), strict=True)
+        if s in keep and d in keep
+    )
+    dag = nx.condensation(graph)
+    members = dag.graph["mapping"]  # node -> its component
+    depth = {c: float(k) for k, gen in enumerate(nx.topological_generations(dag)) for c in gen}
+    return {i: depth[members[i]] for i in nodes}
 
 
 def draw(
@@ -197,3 +201,21 @@ td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: left; }}
     if path is not None:
         Path(path).write_text(page)
     return page
+
+
+# -- the export formats these functions implement ------------------------------------------------
+
+
+@register_format("html", suffixes=(".html", ".htm"), description="a standalone HTML page")
+def _write_html(g: CircuitGraph, path: Path) -> None:
+    to_html(g, path)
+
+
+@register_format("png", suffixes=(".png",), description="a drawing laid out by layer (PNG)")
+def _write_png(g: CircuitGraph, path: Path) -> None:
+    draw(g, path, format="png")
+
+
+@register_format("svg", suffixes=(".svg",), description="a drawing laid out by layer (SVG)")
+def _write_svg(g: CircuitGraph, path: Path) -> None:
+    draw(g, path, format="svg")

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ._errors import GraphFormatError
+from ._formats import register_format
 from ._graph import DEFAULT_PORTS, SCORE_DTYPES, CircuitGraph, edge_name
 from ._spec import ModelSpec
 
@@ -568,3 +569,32 @@ def summary(g: CircuitGraph, k: int = 10) -> str:
         for i in order.tolist():
             lines.append(f"  {names[i]:<28} {float(scores[i]):+.5g}")
     return "\n".join(lines)
+
+
+# -- the export formats these functions implement ------------------------------------------------
+
+
+@register_format("json", suffixes=(".json",), description="the toolkit's lossless JSON")
+def _write_json(g: CircuitGraph, path: Path) -> None:
+    to_json(g, path, indent=1)
+
+
+@register_format("eap-ig", description="EAP-IG's Graph.to_json format (full transformer graphs)")
+def _write_eap_ig(g: CircuitGraph, path: Path) -> None:
+    to_eap_ig(g, path)
+
+
+@register_format("graphml", suffixes=(".graphml",), description="GraphML (Gephi, Cytoscape, yEd)")
+def _write_graphml(g: CircuitGraph, path: Path) -> None:
+    to_graphml(g, path)
+
+
+@register_format("dot", suffixes=(".dot", ".gv"), description="Graphviz DOT of the circuit")
+def _write_dot(g: CircuitGraph, path: Path) -> None:
+    to_dot(g, path)
+
+
+@register_format("csv", suffixes=(".csv",), description="one table of nodes and edges")
+def _write_csv(g: CircuitGraph, path: Path) -> None:
+    to_csv(g, path)
+

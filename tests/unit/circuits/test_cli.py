@@ -158,3 +158,24 @@ def test_discover_rejects_bad_task_and_mismatched_model(tmp_path) -> None:
     )
     result = runner.invoke(app, ["evaluate", str(out), "--model", "gpt2-shaped"])
     assert result.exit_code == 1 and "not gpt2-shaped" in result.output
+
+
+def test_discover_node_level_can_keep_every_ranked_node(tmp_path) -> None:
+    # --top larger than the graph keeps every node that can be ranked: all but input and
+    # logits, which always stay in (one node too few was kept before)
+    out = tmp_path / "c.json"
+    args = ["discover", "--model", "tiny-gpt2", "--method", "atp", "--level", "node"]
+    result = runner.invoke(app, [*args, "--top", "1000", "--n-prompts", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    circuit = CircuitGraph.from_json(out)
+    assert circuit.n_nodes_in_graph == len(circuit.node_names)
+
+
+def test_help_lists_what_the_registries_hold() -> None:
+    from circuits import METHODS
+    from interp import FORMATS
+
+    discover_help = runner.invoke(app, ["discover", "--help"], terminal_width=400).output
+    export_help = runner.invoke(app, ["export", "--help"], terminal_width=400).output
+    assert all(name in discover_help for name in METHODS)
+    assert all(name in export_help for name in FORMATS)

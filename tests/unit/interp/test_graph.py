@@ -306,3 +306,15 @@ def test_meta_must_be_json(tmp_path) -> None:
     g = CircuitGraph(["a"], meta={"bad": object()})
     with pytest.raises(GraphFormatError, match="meta"):
         g.to_json()
+
+
+def test_drawing_layers_non_transformer_graphs_by_longest_path() -> None:
+    from interp._graph_draw import _longest_path_layers
+
+    g = CircuitGraph(
+        ["a", "b", "c", "x", "y"],
+        [("a", "b"), ("b", "c"), ("a", "c"), ("c", "x"), ("x", "y"), ("y", "x")],
+    )
+    layers = _longest_path_layers(g, list(range(5)), list(range(6)))
+    # c is two steps from a (not one, as the shortcut a->c would say); x and y form a cycle
+    assert layers == {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0, 4: 3.0}
