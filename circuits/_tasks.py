@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
-from interp import InterpError, TransformerModel, data_path
+from interp import InterpError, TransformerModel, data_path, did_you_mean
 
 __all__ = ["Task", "TaskError", "ioi_task", "task_from_jsonl", "task_from_pairs"]
 
@@ -148,14 +149,7 @@ def _single_token(model: TransformerModel, text: str) -> int | None:
 
 
 def _tokenize(model: TransformerModel, texts: Sequence[str], prepend_bos: bool) -> list[Tensor]:
-    return [model.to_tokens(t, prepend_bos=prepend_bos)[0] for t in texts]
-
-
-def _pad(rows: list[Tensor], pad: int) -> Tensor:
-    out = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = row
-    return out
+    return [model.to_tokens(t, prepend_bos=prepend_bos)[0].cpu() for t in texts]
 
 
 def task_from_pairs(
@@ -207,8 +201,8 @@ def task_from_pairs(
     pad = 0 if pad is None else int(pad)
     return Task(
         name=name,
-        clean=_pad(clean_tok, pad),
-        corrupt=_pad(corrupt_tok, pad),
+        clean=pad_sequence(clean_tok, batch_first=True, padding_value=pad),
+        corrupt=pad_sequence(corrupt_tok, batch_first=True, padding_value=pad),
         lengths=torch.tensor([len(t) for t in clean_tok]),
         answer=torch.tensor(answer_ids),
         wrong=torch.tensor(wrong_ids),
@@ -233,9 +227,19 @@ def task_from_jsonl(model: TransformerModel, path: str | Path, *, prepend_bos: b
             item = json.loads(line)
         except json.JSONDecodeError as err:
             raise TaskError(f"{path.name} line {number}: not valid JSON ({err.msg}).") from None
-        if not isinstance(item, dict) or set(item) < set(rows):
-            missing = sorted(set(rows) - set(item)) if isinstance(item, dict) else sorted(rows)
-            raise TaskError(f"{path.name} line {number}: missing keys {missing}.")
+        if not isinstance(item, dict):
+            raise TaskError(
+                f"{path.name} line {number}: each line must be a JSON object with the keys "
+                f"{sorted(rows)}; got {type(item).__name__}."
+            )
+        missing = sorted(set(rows) - set(item))
+        if missing:
+            unknown = sorted(set(item) - set(rows))
+            hint = "".join(did_you_mean(key, unknown) for key in missing)
+            raise TaskError(
+                f"{path.name} line {number}: missing keys {missing}"
+                + (f" (it has the unknown keys {unknown}).{hint}" if unknown else ".")
+            )
         for key in rows:
             if not isinstance(item[key], str):
                 raise TaskError(f"{path.name} line {number}: {key!r} must be a string.")

@@ -112,6 +112,11 @@ def test_jsonl_task(tmp_path, tiny_gpt2) -> None:
         ({**GOOD, "answer": " Mary Lisa"}, "line 2: the answer ' Mary Lisa' is 2 tokens"),
         ({**GOOD, "wrong": 3}, "line 2: 'wrong' must be a string"),
         ({"clean": "x"}, r"line 2: missing keys \['answer', 'corrupt', 'wrong'\]"),
+        (  # a misspelt key is an extra key and a missing one (was a bare KeyError)
+            {**{k: v for k, v in GOOD.items() if k != "wrong"}, "wrnog": " John"},
+            r"missing keys \['wrong'\] \(it has the unknown keys \['wrnog'\]\)\. Did you mean",
+        ),
+        ([1, 2], "line 2: each line must be a JSON object"),
         ("{not json", "line 2: not valid JSON"),
     ],
 )
