@@ -598,3 +598,11 @@ def _write_dot(g: CircuitGraph, path: Path) -> None:
 def _write_csv(g: CircuitGraph, path: Path) -> None:
     to_csv(g, path)
 
+
+@register_format("gexf", suffixes=(".gexf",), description="GEXF, Gephi's own format")
+def _write_gexf(g: CircuitGraph, path: Path) -> None:
+    import networkx as nx
+
+    nx_graph = to_networkx(g)
+    nx_graph.graph.clear()  # GEXF keeps no graph-level attributes; scores and masks stay
+    nx.write_gexf(nx_graph, str(path))

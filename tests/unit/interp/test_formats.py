@@ -73,3 +73,14 @@ def test_a_registered_format_is_one_function(graph, tmp_path, monkeypatch):
     with pytest.raises(InterpError, match="already belong to 'json'"):
         register_format("json2", suffixes=(".json",), description="clash")(write)
 
+
+def test_gexf_keeps_nodes_edges_scores_and_masks(graph, tmp_path):
+    import networkx as nx
+
+    back = nx.read_gexf(graph.export(tmp_path / "g.gexf"))
+    assert sorted(back.nodes) == sorted(graph.node_names)
+    edges = {(s, d, k): data for s, d, k, data in back.edges(keys=True, data=True)}
+    assert len(edges) == len(graph.edges)
+    for view in (graph.edges[name] for name in graph.edges):
+        data = edges[(view.src, view.dst, view.port)]
+        assert data["score"] == pytest.approx(view.score) and data["in_graph"] == view.in_graph
