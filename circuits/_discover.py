@@ -261,6 +261,19 @@ def _eap_ig(
     return edge_attribution(model, None, task, ig_steps=ig_steps, **options)
 
 
+@register_method(
+    "clean-corrupted",
+    levels=("edge", "node"),
+    description="EAP with the gradient averaged over the corrupted and the clean run (a "
+    "two-point IG: Hanna et al. 2024)",
+)
+def _clean_corrupted(
+    model: TransformerModel, task: Task, level: str, **options: Any
+) -> CircuitGraph:
+    score = node_attribution if level == "node" else edge_attribution
+    return score(model, None, task, ig_alphas=(0.0, 1.0), **options)
+
+
 def _relp(rule_set: str) -> Method:
     def method(model: TransformerModel, task: Task, level: str, **options: Any) -> CircuitGraph:
         from interp import gradient_rules

@@ -59,3 +59,20 @@ def test_lookahead_node_scores(tiny_gpt2) -> None:
     gaps = [abs(one.nodes[f"a0.h{h}"].score - exact.nodes[f"a0.h{h}"].score) for h in range(4)]
     assert max(gaps) > 1e-4
     assert one.meta["blocks"] == 1
+
+
+@pytest.mark.parametrize("level", ["edge", "node"])
+def test_clean_corrupted_averages_the_gradients_of_both_runs(tiny_gpt2, level: str) -> None:
+    # (a_clean - a_corrupt) . (g_corrupt + g_clean) / 2, and EAP in each direction gives one
+    # half: denoising (a_clean - a_corrupt) . g_corrupt, noising (a_corrupt - a_clean) . g_clean
+    task = ioi_task(tiny_gpt2, 4, seed=1)
+    both = discover(tiny_gpt2, task, "clean-corrupted", level)
+    denoise = discover(tiny_gpt2, task, "eap", level, direction="denoising")
+    noise = discover(tiny_gpt2, task, "eap", level, direction="noising")
+    scores = "edge_scores" if level == "edge" else "node_scores"
+    expected = 0.5 * (getattr(denoise, scores) - getattr(noise, scores))
+    ours = getattr(both, scores)
+    scored = ~expected.isnan()
+    assert torch.equal(scored, ~ours.isnan())
+    assert torch.allclose(ours[scored], expected[scored], atol=1e-5, rtol=1e-4)
+    assert both.meta["ig_alphas"] == [0.0, 1.0]
