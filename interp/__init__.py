@@ -20,7 +20,7 @@ from ._errors import (
     did_you_mean,
 )
 from ._formats import FORMATS, ExportFormat, register_format
-from ._frozen import frozen_gains
+from ._frozen import check_linearisable, frozen_gains
 from ._graph import CircuitGraph, EdgeView, NodeView
 from ._hooked import (
     ActivationCache,
@@ -36,6 +36,7 @@ from ._loading import MODELS, data_path, from_hf, load_model, ungroup_gqa, ungro
 from ._lrp import COMPOSITES, lrp, lrp_rules, plot_relevance
 from ._progress import progress_bar
 from ._restart import BlockInputs
+from ._rule_core import Composite, Rule, RuleHandles, register_composite, register_rule
 from ._rules import RULE_SETS, gradient_rules
 from ._site import Site
 from ._spec import ModelSpec
@@ -52,6 +53,7 @@ __all__ = [
     "ActivationCache",
     "BlockInputs",
     "CircuitGraph",
+    "Composite",
     "EdgeView",
     "ExportFormat",
     "FORMATS",
@@ -68,11 +70,14 @@ __all__ = [
     "ModuleModel",
     "NetworkRequiredError",
     "ShapeError",
+    "Rule",
+    "RuleHandles",
     "Site",
     "TransformerModel",
     "UnknownSiteError",
     "__version__",
     "check_option",
+    "check_linearisable",
     "count_hooks",
     "data_path",
     "did_you_mean",
@@ -85,6 +90,8 @@ __all__ = [
     "plot_relevance",
     "progress_bar",
     "register_format",
+    "register_composite",
+    "register_rule",
     "ungroup_gqa",
     "ungrouped",
     "wrap",

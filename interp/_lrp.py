@@ -3,39 +3,70 @@
 The same trick as the transformer rule sets (:mod:`interp._rules`): forward hooks keep every
 forward value and change the backward pass so that ``input * gradient`` is the LRP relevance.
 
-Rules (zennit's names):
+Rules (zennit's names), each placed on layers of given types (``layers``) among all, the first
+or the rest (``where``) of the model's Linear/Conv layers in module order:
 
 - ``epsilon`` for ``Linear``/``Conv``: ``R_i = x_i w_ij R_j / (z_j + eps sign z_j)``; backward
   multiplies the output gradient by ``z / (z + eps sign z)``.
 - ``zplus`` for ``Linear``/``Conv``: only positive weights carry relevance,
   ``R_i = x_i w+_ij R_j / sum_i x_i w+_ij`` (inputs must be non-negative, e.g. after a ReLU).
-- pass-through for ReLU, max/avg pooling (their plain gradient already is), and for batch norm
-  in eval mode (relevance goes through it unchanged).
+- ``pass-through`` for batch norm in eval mode: relevance goes through it unchanged (its gain
+  ``f(x)/x``). ReLU, max and average pooling need no rule: their plain gradient already is.
 
-Composites pick a rule per layer: ``epsilon`` (every layer), ``zplus`` (every layer but the
-first, which takes epsilon since raw inputs can be negative), ``epsilon-plus`` (z+ for
-convolutions, epsilon for dense layers and the first layer). Relevance is conserved up to what
-biases absorb: ``sum(R_input) = f(x)[target]`` for bias-free networks.
+Composites (:data:`~interp.COMPOSITES`) pick a rule per layer: ``epsilon`` (every layer),
+``zplus`` (every layer but the first, which takes epsilon since raw inputs can be negative),
+``epsilon-plus`` (z+ for convolutions, epsilon for dense layers and the first layer).
+Relevance is conserved up to what biases absorb: ``sum(R_input) = f(x)[target]`` for bias-free
+networks.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._errors import InterpError, ShapeError, did_you_mean
-from ._rules import stabilize
+from ._errors import InterpError, ShapeError
+from ._rule_core import (
+    COMPOSITES,
+    STABILIZER,
+    WEIGHTED,
+    Composite,
+    LayerRule,
+    epsilon_rule,
+    gain,
+    keep_forward,
+    register_composite,
+    register_rule,
+    stabilize,
+)
 
 __all__ = ["COMPOSITES", "lrp", "lrp_rules", "plot_relevance"]
 
-COMPOSITES = ("epsilon", "zplus", "epsilon-plus")
-_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass(frozen=True)
+class _StabilizedRule(LayerRule):
+    """A layer rule with a stabiliser ``epsilon``, which :func:`lrp_rules` sets for all."""
+
+    epsilon: float = STABILIZER
+
+
+@register_rule
+@dataclass(frozen=True)
+class Epsilon(_StabilizedRule):
+    """LRP-epsilon: the output gradient times ``z / (z + epsilon sign z)``."""
+
+    name = "epsilon"
+
+    def hook(self, module: nn.Module, args: tuple[Any, ...], z: Tensor) -> Tensor:
+        return epsilon_rule(z, self.epsilon)
 
 
 def _positive_forward(module: nn.Module, x: Tensor) -> Tensor:
@@ -47,73 +78,91 @@ def _positive_forward(module: nn.Module, x: Tensor) -> Tensor:
     return conv(x, w, None, module.stride, module.padding, module.dilation, module.groups)
 
 
-def _epsilon_hook(eps: float):
-    def hook(module: nn.Module, args: tuple[Any, ...], z: Tensor) -> Tensor:
-        ratio = (z / stabilize(z, eps)).detach()
-        return z * ratio + (z * (1 - ratio)).detach()
+@register_rule
+@dataclass(frozen=True)
+class ZPlus(_StabilizedRule):
+    """LRP-z+: relevance flows through the positive weights only (inputs must be >= 0)."""
 
-    return hook
+    name = "zplus"
 
-
-def _zplus_hook(eps: float):
-    def hook(module: nn.Module, args: tuple[Any, ...], z: Tensor) -> Tensor:
+    def hook(self, module: nn.Module, args: tuple[Any, ...], z: Tensor) -> Tensor:
         zp = _positive_forward(module, args[0])
-        scale = (z / stabilize(zp, eps)).detach()
-        return zp * scale + (z - zp * scale).detach()
-
-    return hook
+        return keep_forward(z, zp * (z / stabilize(zp, self.epsilon)).detach())
 
 
-def _pass_through_hook(eps: float):
-    def hook(module: nn.Module, args: tuple[Any, ...], y: Tensor) -> Tensor:
-        x = args[0]
-        surrogate = x * (y / stabilize(x, eps)).detach()
-        return surrogate + (y - surrogate).detach()  # exact forward value
+@register_rule
+@dataclass(frozen=True)
+class PassThrough(_StabilizedRule):
+    """Relevance passes a layer unchanged: its derivative is the gain ``f(x)/x``."""
 
-    return hook
+    name = "pass-through"
+    layers: tuple[type[nn.Module], ...] = BATCH_NORMS
+
+    def hook(self, module: nn.Module, args: tuple[Any, ...], y: Tensor) -> Tensor:
+        return gain(args[0], y, self.epsilon)
 
 
-@contextlib.contextmanager
+register_composite(
+    "epsilon",
+    (Epsilon(), PassThrough()),
+    kind="module",
+    description="LRP-epsilon on every Linear/Conv layer",
+)
+register_composite(
+    "zplus",
+    (Epsilon(where="first"), ZPlus(where="rest"), PassThrough()),
+    kind="module",
+    description="z+ on every Linear/Conv layer but the first, which takes epsilon",
+)
+register_composite(
+    "epsilon-plus",
+    (
+        Epsilon(where="first"),
+        Epsilon(layers=(nn.Linear,), where="rest"),
+        ZPlus(layers=CONVOLUTIONS, where="rest"),
+        PassThrough(),
+    ),
+    kind="module",
+    description="z+ on convolutions, epsilon on dense layers and on the first layer",
+)
+
+
 def lrp_rules(
-    model: nn.Module, composite: str = "epsilon-plus", *, epsilon: float = 1e-6
-) -> Iterator[nn.Module]:
+    model: nn.Module, composite: str | Composite = "epsilon-plus", *, epsilon: float = 1e-6
+) -> AbstractContextManager[nn.Module]:
     """Install LRP rules on a plain torch model while the context is open.
 
     Parameters
     ----------
     model : nn.Module
         Must be in eval mode (batch norm uses its running statistics).
-    composite : {"epsilon", "zplus", "epsilon-plus"}
+    composite : str or Composite
+        A name from :data:`~interp.COMPOSITES` (``epsilon``, ``zplus``, ``epsilon-plus``) or a
+        :class:`~interp.Composite` of kind ``"module"``.
     epsilon : float
-        The epsilon rule's stabiliser.
+        The epsilon rule's stabiliser (and the other rules' guard against division by zero).
+
+    Returns
+    -------
+    context manager
+        Yields ``model``; every hook it added is gone when it exits.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    >>> x = torch.randn(2, 4, requires_grad=True)
+    >>> with lrp_rules(net, "epsilon"):
+    ...     net(x)[:, 1].sum().backward()
+    >>> relevance = x * x.grad
     """
-    if composite not in COMPOSITES:
-        raise InterpError(
-            f"Unknown LRP composite {composite!r}; known: {', '.join(COMPOSITES)}."
-            + did_you_mean(composite, COMPOSITES)
-        )
+    chosen = COMPOSITES.resolve(composite, epsilon=epsilon)
+    if not isinstance(model, nn.Module):
+        raise InterpError(f"lrp_rules takes a torch.nn.Module; got {type(model).__name__}.")
     if model.training:
         raise InterpError("LRP needs the model in eval mode: call model.eval() first.")
-    weighted = [m for m in model.modules() if isinstance(m, _WEIGHTED)]
-    if not weighted:
+    if not any(isinstance(m, WEIGHTED) for m in model.modules()):
         raise InterpError("The model has no Linear or Conv layer to apply LRP rules to.")
-    handles = []
-    try:
-        for i, module in enumerate(weighted):
-            first = i == 0
-            use_zplus = not first and (
-                composite == "zplus"
-                or (composite == "epsilon-plus" and not isinstance(module, nn.Linear))
-            )
-            hook = _zplus_hook(epsilon) if use_zplus else _epsilon_hook(epsilon)
-            handles.append(module.register_forward_hook(hook))
-        for module in model.modules():
-            if isinstance(module, _NORMS):
-                handles.append(module.register_forward_hook(_pass_through_hook(epsilon)))
-        yield model
-    finally:
-        for handle in reversed(handles):
-            handle.remove()
+    return chosen.context(model)
 
 
 def lrp(
@@ -168,7 +217,28 @@ def lrp(
 def plot_relevance(
     relevance: Tensor, images: Tensor | None = None, *, ncols: int = 8, path: Any = None
 ) -> Any:
-    """Heatmaps of input relevance (summed over channels), red positive, blue negative."""
+    """Heatmaps of input relevance (summed over channels), red positive, blue negative.
+
+    Parameters
+    ----------
+    relevance : Tensor of shape (n, height, width) or (n, channels, height, width)
+    images : Tensor of shape (n, [channels,] height, width), optional
+        Shown in grey above each heatmap.
+    ncols : int
+        Heatmaps per row.
+    path : str or path, optional
+        Where to save the figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)).eval()
+    >>> x = torch.rand(2, 1, 8, 8)
+    >>> fig = plot_relevance(lrp(net, x), x)
+    """
     import matplotlib.pyplot as plt
 
     r = relevance.detach()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from interp import InterpError, ShapeError, count_hooks, lrp, lrp_rules
+from interp import COMPOSITES, Composite, InterpError, ShapeError, count_hooks, lrp, lrp_rules
 
 
 def cnn(bias: bool = False) -> nn.Module:
@@ -102,4 +102,18 @@ def test_lrp_equals_gradient_times_input_on_a_linear_model() -> None:
         (x * grad).detach(),
         rtol=1e-9,
         atol=1e-12,
+    )
+
+
+def test_composites_come_from_the_one_registry() -> None:
+    net = nn.Sequential(nn.Linear(4, 6, bias=False), nn.ReLU(), nn.Linear(6, 3, bias=False))
+    net = net.double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(InterpError, match="'relp' is a composite for transformer models"):
+        lrp(net, x, composite="relp")
+    assert COMPOSITES["zplus"].kind == "module" and COMPOSITES["zplus"].description
+    only_epsilon = Composite("only-epsilon", ("epsilon",), kind="module")
+    torch.testing.assert_close(
+        lrp(net, x, target=0, composite=only_epsilon, epsilon=0.1),
+        lrp(net, x, target=0, composite="epsilon", epsilon=0.1),
     )
