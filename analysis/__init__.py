@@ -11,17 +11,45 @@ public names in ``__all__``; this package re-exports them.
 
 from __future__ import annotations
 
-from . import _alignment, _base, _codes, _degeneracy, _experiments, _interaction, _linearscope
+from . import (
+    _alignment,
+    _base,
+    _codes,
+    _degeneracy,
+    _experiments,
+    _hamming,
+    _interaction,
+    _interaction_eval,
+    _interaction_sections,
+    _interaction_spectral,
+    _linearscope,
+)
 from ._alignment import *  # noqa: F403
 from ._base import *  # noqa: F403
 from ._codes import *  # noqa: F403
 from ._degeneracy import *  # noqa: F403
 from ._experiments import *  # noqa: F403
+from ._hamming import *  # noqa: F403
 from ._interaction import *  # noqa: F403
+from ._interaction_eval import *  # noqa: F403
+from ._interaction_sections import *  # noqa: F403
+from ._interaction_spectral import *  # noqa: F403
 from ._linearscope import *  # noqa: F403
 
 __all__ = [
     name
-    for module in (_experiments, _base, _linearscope, _codes, _alignment, _degeneracy, _interaction)
+    for module in (
+        _experiments,
+        _base,
+        _linearscope,
+        _hamming,
+        _codes,
+        _alignment,
+        _degeneracy,
+        _interaction,
+        _interaction_eval,
+        _interaction_sections,
+        _interaction_spectral,
+    )
     for name in module.__all__
 ]

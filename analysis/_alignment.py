@@ -27,11 +27,18 @@ import numpy as np
 import pandas as pd
 import torch
 from einops import rearrange
+from sklearn.base import BaseEstimator
 from torch import Tensor, nn
 
-from interp import InterpError, ShapeError, progress_bar
+from interp import InterpError, ShapeError, check_option, progress_bar
 
-from ._base import check_fitted, check_matrix, explain_model_errors, model_input, reset_fitted
+from ._base import (
+    check_fitted,
+    check_matrix,
+    explain_model_errors,
+    model_input,
+    reset_fitted,
+)
 
 __all__ = [
     "NeuronAlignment",
@@ -657,15 +664,42 @@ def _run_once(
     return {path: calls[0] for path, calls in got.items()}
 
 
-class NeuronAlignment:
+def _layer_pairs(layers: Sequence[Any]) -> list[tuple[str, str]]:
+    """``layers`` as (path in A, path in B) pairs: a path (``str``) or a submodule index
+    (``int``, the path ``str(i)``) stands for the same layer in both networks.
+
+    Examples
+    --------
+    >>> _layer_pairs(["fc", 1, ("0", 2)])
+    [('fc', 'fc'), ('1', '1'), ('0', '2')]
+    """
+
+    def path(p: Any) -> str | None:
+        ok = isinstance(p, str) or (isinstance(p, int | np.integer) and not isinstance(p, bool))
+        return str(p) if ok else None
+
+    pairs = []
+    for entry in layers:
+        both = [path(p) for p in entry] if isinstance(entry, tuple | list) else [path(entry)] * 2
+        if len(both) != 2 or None in both:
+            raise InterpError(
+                "layers must list module paths ('fc', '1'), submodule indices of a Sequential "
+                f"(1) or (path_a, path_b) pairs of them; got {entry!r}."
+            )
+        pairs.append((both[0], both[1]))
+    return pairs
+
+
+class NeuronAlignment(BaseEstimator):
     """Convergent learning (Li et al. 2016): how the units of two networks correspond, per layer.
 
     Parameters
     ----------
     layers : sequence, optional
         What to compare. For models: module paths (``"1"`` is the output of submodule 1 of a
-        ``Sequential``), or ``(path_a, path_b)`` pairs to compare two different layers. For
-        dictionaries of activations: the keys to use (default: every key of ``a``).
+        ``Sequential``; the integer ``1`` means the same), or ``(path_a, path_b)`` pairs to
+        compare two different layers. For dictionaries of activations: the keys to use
+        (default: every key of ``a``).
     method : {"correlation", "mutual_information"}
         The similarity that the matchings maximise. Matched *correlations* are reported either way.
     bins : int
@@ -774,8 +808,7 @@ class NeuronAlignment:
         self
         """
         reset_fitted(self)
-        if self.method not in METHODS:
-            raise InterpError(f"Unknown method {self.method!r}; choose one of {list(METHODS)}.")
+        check_option("method", self.method, METHODS)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InterpError(f"batch_size must be a positive integer; got {self.batch_size!r}.")
         if self.unit_axis is not None and (
@@ -797,7 +830,7 @@ class NeuronAlignment:
         models = any(isinstance(m, nn.Module) for m in (a, b, baseline))
         if models:
             names, paths = self._check_models(a, b, x, baseline)
-            batches = self._model_batches(a, b, baseline, x, paths, g)
+            batches = self._model_batches(a, b, baseline, x, names, paths, g)
         else:
             names, batches = self._array_batches(a, b, x, baseline, g)
         min_rows = 1 if models else 2
@@ -881,7 +914,7 @@ class NeuronAlignment:
                 "NeuronAlignment(layers=[...]) must name the module paths to compare when "
                 "fitting models, e.g. layers=['1', '4'] for the ReLUs of cnn()."
             )
-        paths = [(p, p) if isinstance(p, str) else (str(p[0]), str(p[1])) for p in self.layers]
+        paths = _layer_pairs(self.layers)
         return [pa if pa == pb else f"{pa}|{pb}" for pa, pb in paths], paths
 
     def _model_batches(
@@ -890,12 +923,12 @@ class NeuronAlignment:
         b: nn.Module,
         baseline: nn.Module | None,
         x: Tensor,
+        names: list[str],
         paths: list[tuple[str, str]],
         g: torch.Generator,
     ) -> Iterator[dict[str, dict[str, Tensor]]]:
         from interp import ModuleModel
 
-        names = [pa if pa == pb else f"{pa}|{pb}" for pa, pb in paths]
         perm = torch.randperm(len(x), generator=g)
         runs = {"a": (a, [pa for pa, _ in paths]), "b": (b, [pb for _, pb in paths])}
         if self.shuffle:

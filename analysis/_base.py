@@ -1,25 +1,28 @@
 """The estimator contract shared by every analysis (scikit-learn style).
 
-``__init__`` only stores keyword arguments; ``fit`` validates, learns attributes ending in ``_``
-and returns ``self``; using an unfitted estimator raises :class:`NotFittedError`. Inputs are
-checked once at the public entry point by :func:`check_matrix`.
+Every estimator derives from :class:`sklearn.base.BaseEstimator`, so ``get_params``,
+``set_params``, ``sklearn.base.clone`` and ``repr`` work. ``__init__`` only stores keyword
+arguments; ``fit`` validates them, learns attributes ending in ``_`` and returns ``self``; using an
+unfitted estimator raises :class:`NotFittedError`. Inputs are checked once at the public entry
+point by :func:`check_matrix`, option words by :func:`interp.check_option`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from interp import InterpError, ShapeError
+from interp import InterpError, ShapeError, check_option
 
 __all__ = [
     "NotFittedError",
     "check_fitted",
+    "check_options",
     "check_matrix",
     "check_labels",
     "reset_fitted",
@@ -66,6 +69,27 @@ def reset_fitted(estimator: Any) -> None:
     """
     for name in [n for n in vars(estimator) if n.endswith("_") and not n.startswith("__")]:
         delattr(estimator, name)
+
+
+def check_options(name: str, values: Any, words: Any) -> tuple[str, ...]:
+    """A collection of option words, each checked by :func:`interp.check_option` (one word is a
+    collection of one, not of its letters).
+
+    Examples
+    --------
+    >>> check_options("metrics", "knn", ("knn", "logistic"))
+    ('knn',)
+    >>> check_options("metrics", ["knn", "logistc"], ("knn", "logistic"))
+    Traceback (most recent call last):
+    ...
+    interp._errors.InterpError: metrics must be one of 'knn', 'logistic'; got 'logistc'. ...
+    """
+    items = (values,) if isinstance(values, str) else values
+    if not isinstance(items, Sequence | set | frozenset):
+        raise InterpError(
+            f"{name} must be a list of option words; got {type(values).__name__} {values!r}."
+        )
+    return tuple(check_option(name, v, words) for v in items)
 
 
 def check_matrix(

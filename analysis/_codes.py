@@ -9,9 +9,8 @@ the input falls in. The paper's findings, which this module measures:
 - **categorization**: codes of one class are close in Hamming distance, so K-NN (k = 9), logistic
   regression and K-Means on the codes classify nearly as well as the network itself.
 
-Codes are stored packed, eight bits a byte (:func:`pack_codes`); Hamming distances are popcounts
-of XORed 64-bit words (:func:`hamming_distances`), so a K-NN over 50,000 codes of 1,024 bits takes
-seconds. Dead neuron rates (Liu et al., arXiv:2212.06145) come from the same bits.
+Codes are stored packed and compared by the Hamming kernels of :mod:`analysis._hamming`. Dead
+neuron rates (Liu et al., arXiv:2212.06145) come from the same bits.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.base import BaseEstimator
 from torch import Tensor, nn
 
 from interp import (
@@ -39,20 +39,17 @@ from ._base import (
     check_fitted,
     check_labels,
     check_matrix,
+    check_options,
     explain_model_errors,
     model_input,
     reset_fitted,
 )
+from ._hamming import hamming_knn, pack_codes, unpack_codes
 
 __all__ = [
     "PIECEWISE_LINEAR",
     "RELU_LIKE",
     "NeuralCodes",
-    "pack_codes",
-    "unpack_codes",
-    "hamming_distances",
-    "hamming_neighbors",
-    "hamming_knn",
     "redundancy_ratio",
     "singleton_fraction",
     "cluster_purity",
@@ -87,264 +84,6 @@ RELU_LIKE: tuple[type[nn.Module], ...] = PIECEWISE_LINEAR + (
 )
 
 METRICS = ("knn", "logistic", "kmeans")
-
-
-# -- packing ----------------------------------------------------------------------------------
-
-
-def _check_packed(codes: Any, name: str) -> np.ndarray:
-    arr = codes.numpy() if isinstance(codes, Tensor) else np.asarray(codes)
-    if arr.dtype != np.uint8 or arr.ndim != 2:
-        raise ShapeError(
-            f"{name} must be packed codes: a 2-D uint8 array (examples, bytes) from pack_codes; "
-            f"got dtype {arr.dtype} and shape {arr.shape}. Pack 0/1 codes with pack_codes(bits)."
-        )
-    return arr
-
-
-def pack_codes(bits: Any) -> np.ndarray:
-    """Pack 0/1 codes eight bits a byte.
-
-    Parameters
-    ----------
-    bits : array-like of shape (examples, units)
-        Booleans or 0/1 numbers.
-
-    Returns
-    -------
-    numpy.ndarray of uint8, shape (examples, ceil(units / 8))
-        Big-endian within each byte (``numpy.packbits``); the unused bits of the last byte are 0,
-        so they never count in a Hamming distance.
-
-    Examples
-    --------
-    >>> pack_codes([[1, 0, 0, 0, 0, 0, 0, 1, 1]])
-    array([[129, 128]], dtype=uint8)
-    """
-    arr = bits.detach().cpu().numpy() if isinstance(bits, Tensor) else np.asarray(bits)
-    if arr.ndim != 2:
-        raise ShapeError(
-            f"bits must be a 2-D array (examples, units); got shape {arr.shape}. "
-            "Reshape it, e.g. bits.reshape(len(bits), -1)."
-        )
-    if arr.dtype != np.bool_:
-        if not np.isin(arr, (0, 1)).all():
-            raise ShapeError("bits must hold only 0 and 1 (or booleans); threshold them first.")
-        arr = arr.astype(np.bool_)
-    return np.packbits(arr, axis=1)
-
-
-def unpack_codes(codes: Any, n_bits: int) -> np.ndarray:
-    """The 0/1 codes (uint8, shape (examples, n_bits)) back from :func:`pack_codes`.
-
-    Examples
-    --------
-    >>> unpack_codes(pack_codes([[1, 0, 1]]), 3)
-    array([[1, 0, 1]], dtype=uint8)
-    """
-    packed = _check_packed(codes, "codes")
-    if not 0 <= n_bits <= 8 * packed.shape[1]:
-        raise ShapeError(f"n_bits must be in 0..{8 * packed.shape[1]}; got {n_bits}.")
-    return np.unpackbits(packed, axis=1, count=n_bits)
-
-
-def _words(packed: np.ndarray, n_bytes: int) -> np.ndarray:
-    """Packed codes as (words, examples) uint64, zero-padded to whole words (zeros XOR to 0)."""
-    pad = (-n_bytes) % 8
-    if pad:
-        packed = np.pad(packed, ((0, 0), (0, pad)))
-    return np.ascontiguousarray(np.ascontiguousarray(packed).view(np.uint64).T)
-
-
-def _distance_block(q: np.ndarray, ref: np.ndarray, out: np.ndarray) -> None:
-    """``out[i, j] = popcount(q[:, i] ^ ref[:, j])`` summed over words.
-
-    Three words are summed in uint8 (at most 192) before widening to ``out``'s dtype: the adds
-    into the wide accumulator are the slowest step, so they are done a third as often.
-    """
-    n_words = q.shape[0]
-    shape = (q.shape[1], ref.shape[1])
-    xor = np.empty(shape, np.uint64)
-    count = np.empty(shape, np.uint8)
-    part = np.empty(shape, np.uint8)
-    out[...] = 0
-    for start in range(0, n_words, 3):
-        for j, w in enumerate(range(start, min(start + 3, n_words))):
-            np.bitwise_xor(q[w][:, None], ref[w][None, :], out=xor)
-            if j == 0:
-                np.bitwise_count(xor, out=count)
-            else:
-                np.bitwise_count(xor, out=part)
-                count += part
-        out += count
-
-
-def _chunk_rows(n_ref: int) -> int:
-    # about half a million pairs per block: the uint64 scratch array (4 MB) stays in cache
-    return max(1, min(1024, (1 << 19) // max(n_ref, 1)))
-
-
-def hamming_distances(a: Any, b: Any | None = None, *, n_bits: int | None = None) -> np.ndarray:
-    """Hamming distances between packed codes (popcount of XORed 64-bit words, chunked).
-
-    Parameters
-    ----------
-    a : uint8 array of shape (n, bytes)
-        Packed codes (:func:`pack_codes`).
-    b : uint8 array of shape (m, bytes), optional
-        Default: ``a`` itself.
-    n_bits : int, optional
-        The code length. Given, the distances are the *fraction* of differing bits (float64, what
-        scikit-learn's ``metric="hamming"`` computes); otherwise the count of differing bits.
-
-    Returns
-    -------
-    numpy.ndarray of shape (n, m)
-        int64 counts, or float64 fractions when ``n_bits`` is given.
-
-    Examples
-    --------
-    >>> codes = pack_codes([[1, 1, 0, 0], [1, 0, 1, 0]])
-    >>> hamming_distances(codes)
-    array([[0, 2],
-           [2, 0]])
-    >>> hamming_distances(codes, n_bits=4)[0, 1]
-    np.float64(0.5)
-    """
-    a = _check_packed(a, "a")
-    b = a if b is None else _check_packed(b, "b")
-    if a.shape[1] != b.shape[1]:
-        raise ShapeError(
-            f"a and b must be codes of the same length; got {a.shape[1]} and {b.shape[1]} bytes."
-        )
-    if n_bits is not None and not 0 < n_bits <= 8 * a.shape[1]:
-        raise ShapeError(
-            f"n_bits must be in 1..{8 * a.shape[1]} for codes of {a.shape[1]} bytes; got {n_bits}."
-        )
-    qa, rb = _words(a, a.shape[1]), _words(b, b.shape[1])
-    out = np.empty((len(a), len(b)), np.int64)
-    step = _chunk_rows(len(b))
-    block = np.empty((step, len(b)), np.int64)
-    for start in range(0, len(a), step):
-        stop = min(start + step, len(a))
-        _distance_block(qa[:, start:stop], rb, block[: stop - start])
-        out[start:stop] = block[: stop - start]
-    return out if n_bits is None else out / n_bits
-
-
-def hamming_neighbors(
-    reference: Any, queries: Any, k: int, *, progress: bool | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest reference codes of every query code, in Hamming distance.
-
-    Ties are broken by the reference index: the neighbours are the ``k`` smallest pairs
-    ``(distance, reference index)``, so among equally distant codes the earlier ones come first.
-    The result is exact and deterministic (no approximate search).
-
-    Parameters
-    ----------
-    reference : uint8 array of shape (n, bytes)
-        Packed codes to search.
-    queries : uint8 array of shape (m, bytes)
-        Packed codes to look up.
-    k : int
-        1 <= k <= n.
-
-    Returns
-    -------
-    distances : int64 array of shape (m, k)
-        Bit counts, ascending.
-    indices : int64 array of shape (m, k)
-        Row numbers into ``reference``.
-
-    Examples
-    --------
-    >>> ref = pack_codes([[0, 0, 0], [1, 1, 1], [1, 0, 0]])
-    >>> hamming_neighbors(ref, pack_codes([[1, 1, 0]]), k=2)
-    (array([[1, 1]]), array([[1, 2]]))
-    """
-    ref = _check_packed(reference, "reference")
-    qs = _check_packed(queries, "queries")
-    if ref.shape[1] != qs.shape[1]:
-        raise ShapeError(
-            f"queries must be codes of the reference's length ({ref.shape[1]} bytes); "
-            f"got {qs.shape[1]} bytes."
-        )
-    n = len(ref)
-    if not isinstance(k, int | np.integer) or not 1 <= k <= n:
-        raise InterpError(
-            f"k must be an integer in 1..{n} (the number of reference codes); got {k}."
-        )
-    rw, qw = _words(ref, ref.shape[1]), _words(qs, qs.shape[1])
-    wide = np.uint16 if 64 * rw.shape[0] < 2**16 else np.uint32
-    step = _chunk_rows(n)
-    block = np.empty((step, n), wide)
-    # one integer key per pair, distance * n + index, orders by distance then index, so topk
-    # breaks ties exactly; int32 keys when they fit (half the memory traffic of int64)
-    key_dtype = np.int32 if (64 * rw.shape[0] + 1) * n < 2**31 else np.int64
-    index = torch.arange(n, dtype=torch.from_numpy(np.zeros(0, key_dtype)).dtype)
-    dist = np.empty((len(qs), k), np.int64)
-    idx = np.empty((len(qs), k), np.int64)
-    starts = range(0, len(qs), step)
-    for start in progress_bar(starts, desc="hamming k-nn", progress=progress):
-        stop = min(start + step, len(qs))
-        part = block[: stop - start]
-        _distance_block(qw[:, start:stop], rw, part)
-        key = torch.from_numpy(part.astype(key_dtype)).mul_(n).add_(index)
-        top = torch.topk(key, k, dim=1, largest=False, sorted=True).values
-        dist[start:stop] = (top // n).numpy()
-        idx[start:stop] = (top % n).numpy()
-    return dist, idx
-
-
-def _vote(neighbor_labels: np.ndarray) -> np.ndarray:
-    """Majority label of each row; a tie goes to the smallest label."""
-    classes, inverse = np.unique(neighbor_labels, return_inverse=True)
-    inverse = inverse.reshape(neighbor_labels.shape)
-    counts = np.zeros((len(neighbor_labels), len(classes)), np.int64)
-    np.add.at(counts, (np.arange(len(neighbor_labels))[:, None], inverse), 1)
-    return classes[counts.argmax(1)]
-
-
-def hamming_knn(
-    train_codes: Any,
-    train_labels: Any,
-    test_codes: Any,
-    k: int = 9,
-    *,
-    progress: bool | None = None,
-) -> np.ndarray:
-    """K-nearest-neighbour labels of packed codes in Hamming distance (uniform weights).
-
-    The neighbours are those of :func:`hamming_neighbors` (distance ties broken by training
-    index); the predicted label is the most common among them, a tie going to the smallest label.
-    scikit-learn's ``KNeighborsClassifier(metric="hamming")`` computes the same distances but may
-    break distance ties differently.
-
-    Parameters
-    ----------
-    train_codes : uint8 array of shape (n, bytes)
-    train_labels : integer array of shape (n,)
-    test_codes : uint8 array of shape (m, bytes)
-    k : int
-        Number of neighbours (the paper uses 9).
-
-    Returns
-    -------
-    numpy.ndarray of shape (m,)
-        Predicted labels.
-
-    Examples
-    --------
-    >>> train = pack_codes([[0, 0, 0, 0], [0, 0, 0, 1], [1, 1, 1, 1], [1, 1, 1, 0]])
-    >>> hamming_knn(train, [0, 0, 1, 1], pack_codes([[0, 0, 1, 0], [1, 1, 0, 1]]), k=3)
-    array([0, 1])
-    """
-    labels = check_labels(
-        train_labels, len(_check_packed(train_codes, "train_codes")), "train_labels"
-    )
-    _, idx = hamming_neighbors(train_codes, test_codes, k, progress=progress)
-    return _vote(labels.numpy()[idx])
 
 
 # -- scores of codes -----------------------------------------------------------------------------
@@ -386,6 +125,9 @@ def singleton_fraction(codes: Any) -> float:
 
 
 def _contingency(labels: Any, clusters: Any) -> np.ndarray:
+    """Counts of (cluster, label) pairs: one row per cluster, one column per label."""
+    from sklearn.metrics.cluster import contingency_matrix
+
     y = np.asarray(labels).reshape(-1)
     c = np.asarray(clusters).reshape(-1)
     if y.shape != c.shape or len(y) == 0:
@@ -393,11 +135,7 @@ def _contingency(labels: Any, clusters: Any) -> np.ndarray:
             f"labels and clusters must be 1-D of the same non-zero length; got {np.shape(labels)} "
             f"and {np.shape(clusters)}."
         )
-    _, yi = np.unique(y, return_inverse=True)
-    _, ci = np.unique(c, return_inverse=True)
-    table = np.zeros((ci.max() + 1, yi.max() + 1), np.int64)
-    np.add.at(table, (ci, yi), 1)
-    return table
+    return contingency_matrix(c, y)
 
 
 def cluster_purity(labels: Any, clusters: Any) -> float:
@@ -606,7 +344,7 @@ def _transformer_bits(
 # -- the estimator ---------------------------------------------------------------------------
 
 
-class NeuralCodes:
+class NeuralCodes(BaseEstimator):
     """Activation codes of a network and how well they encode the data (He, Lei et al. 2021).
 
     Parameters
@@ -627,7 +365,8 @@ class NeuralCodes:
     k : int
         Neighbours of the Hamming K-NN.
     metrics : sequence of {"knn", "logistic", "kmeans"}
-        Categorization scores to compute (all by default; they need labels).
+        Categorization scores to compute (all by default; they need labels). One word names
+        one metric.
     n_clusters : int, optional
         K-Means clusters; default the number of classes (10 in the paper).
     random_state : int
@@ -643,6 +382,13 @@ class NeuralCodes:
 
     Attributes
     ----------
+    model_ : HookedModel
+        The fitted model, wrapped (:func:`interp.wrap`).
+    sites_ : list of str
+        The module paths (plain networks) or site names (transformers) whose pre-activations
+        are coded.
+    input_shape_ : tuple of int
+        Shape of one training example (plain networks); new inputs must match it.
     codes_, test_codes_ : uint8 arrays (examples, bytes)
         Packed codes of the kept units (see :func:`pack_codes`).
     n_bits_ : int
@@ -698,10 +444,9 @@ class NeuralCodes:
 
     # -- fitting ----------------------------------------------------------------------------------
 
-    def _check_params(self) -> None:
-        unknown = set(self.metrics) - set(METRICS)
-        if unknown:
-            raise InterpError(f"Unknown metrics {sorted(unknown)}; choose from {list(METRICS)}.")
+    def _check_params(self) -> tuple[str, ...]:
+        """The validated metrics (the other parameters are checked and used as they are)."""
+        metrics = check_options("metrics", self.metrics, METRICS)
         if not isinstance(self.k, int | np.integer) or self.k < 1:
             raise InterpError(f"k must be a positive integer; got {self.k!r}.")
         if not isinstance(self.batch_size, int | np.integer) or self.batch_size < 1:
@@ -716,32 +461,42 @@ class NeuralCodes:
                 "activation_types must be a non-empty tuple of nn.Module classes, e.g. "
                 f"PIECEWISE_LINEAR or RELU_LIKE; got {types!r}."
             )
+        return metrics
 
-    def _bits(self, x: Any, name: str) -> Tensor:
-        if self._transformer:
-            bits, widths = _transformer_bits(self.model_, self._sites, x, self.progress)
-        else:
-            # check_matrix checks shape and finiteness (and makes non-floating inputs float32)
-            t = check_matrix(x, name, ndim=(2, 3, 4, 5))
-            raw = x.detach() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
-            if not raw.is_floating_point() and raw.dtype != torch.bool:
-                t = raw  # integer inputs (token ids for an nn.Embedding) are passed unchanged
-            if hasattr(self, "input_shape_") and tuple(t.shape[1:]) != self.input_shape_:
-                raise ShapeError(
-                    f"{name} must be shaped like the training inputs {self.input_shape_} per "
-                    f"example; got {tuple(t.shape[1:])}."
-                )
-            bits, widths = _plain_bits(
-                self.model_.model, self._sites, t, int(self.batch_size), self.progress, name
+    @property
+    def _transformer(self) -> bool:
+        return isinstance(self.model_, TransformerModel)
+
+    def _plain_input(self, x: Any, name: str) -> Tensor:
+        """Inputs of a plain network, shaped like the training inputs once those are known."""
+        # check_matrix checks shape and finiteness (and makes non-floating inputs float32)
+        t = check_matrix(x, name, ndim=(2, 3, 4, 5))
+        raw = x.detach() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+        if not raw.is_floating_point() and raw.dtype != torch.bool:
+            t = raw  # integer inputs (token ids for an nn.Embedding) are passed unchanged
+        if hasattr(self, "input_shape_") and tuple(t.shape[1:]) != self.input_shape_:
+            raise ShapeError(
+                f"{name} must be shaped like the training inputs {self.input_shape_} per "
+                f"example; got {tuple(t.shape[1:])}."
             )
-            self.input_shape_ = tuple(t.shape[1:])
-        if hasattr(self, "layer_units_") and bits.shape[1] != self.n_units_:
+        return t
+
+    def _bits(self, x: Any, name: str) -> tuple[Tensor, list[tuple[str, int]]]:
+        """0/1 codes of every unit (examples, n_units) and the units per block. Writes nothing:
+        :meth:`transform` calls it on a fitted estimator."""
+        if self._transformer:
+            bits, widths = _transformer_bits(self.model_, self.sites_, x, self.progress)
+        else:
+            t = self._plain_input(x, name)
+            bits, widths = _plain_bits(
+                self.model_.model, self.sites_, t, int(self.batch_size), self.progress, name
+            )
+        if hasattr(self, "n_units_") and bits.shape[1] != self.n_units_:
             raise ShapeError(
                 f"{name} gives codes of {bits.shape[1]} units; the fitted model gave "
                 f"{self.n_units_}. Pass inputs shaped like the training inputs."
             )
-        self._widths = widths
-        return bits
+        return bits, widths
 
     def _labels(self, y: Any, n: int, name: str) -> Tensor | None:
         if y is None:
@@ -780,39 +535,46 @@ class NeuralCodes:
         self
         """
         reset_fitted(self)
-        self._check_params()
+        metrics = self._check_params()
         if not isinstance(model, nn.Module | HookedModel):
             raise InterpError(
                 f"NeuralCodes reads a torch.nn.Module or a TransformerModel; got "
                 f"{type(model).__name__}."
             )
         try:
-            return self._fit(model, x_train, y_train, x_test, y_test)
+            return self._fit(model, x_train, y_train, x_test, y_test, metrics)
         except BaseException:
             reset_fitted(self)  # no half-fitted state: a failed fit leaves it unfitted
             raise
 
     def _fit(
-        self, model: nn.Module | HookedModel, x_train: Any, y_train: Any, x_test: Any, y_test: Any
+        self,
+        model: nn.Module | HookedModel,
+        x_train: Any,
+        y_train: Any,
+        x_test: Any,
+        y_test: Any,
+        metrics: tuple[str, ...],
     ) -> NeuralCodes:
         self.model_ = wrap(model)
-        self._transformer = isinstance(self.model_, TransformerModel)
         if self._transformer:
-            self._sites = _transformer_sites(self.model_, self.layers)
+            self.sites_ = _transformer_sites(self.model_, self.layers)
         else:
-            self._sites = _plain_layers(self.model_, self.layers, self.activation_types)
+            self.sites_ = _plain_layers(self.model_, self.layers, self.activation_types)
+            x_train = self._plain_input(x_train, "x_train")
+            self.input_shape_ = tuple(x_train.shape[1:])
 
-        bits = self._bits(x_train, "x_train")
+        bits, widths = self._bits(x_train, "x_train")
         self.labels_ = self._labels(y_train, len(bits), "y_train")
-        starts = np.cumsum([0] + [w for _, w in self._widths])
+        starts = np.cumsum([0] + [w for _, w in widths])
         self.layer_units_ = {
             name: (int(a), int(b))
-            for (name, _), a, b in zip(self._widths, starts[:-1], starts[1:], strict=True)
+            for (name, _), a, b in zip(widths, starts[:-1], starts[1:], strict=True)
         }
         self.n_units_ = int(bits.shape[1])
         splits = {"train": (bits, self.labels_)}
         if x_test is not None:
-            test_bits = self._bits(x_test, "x_test")
+            test_bits, _ = self._bits(x_test, "x_test")
             splits["test"] = (test_bits, self._labels(y_test, len(test_bits), "y_test"))
         elif y_test is not None:
             raise InterpError("y_test was given without x_test; pass both or neither.")
@@ -848,28 +610,28 @@ class NeuralCodes:
             dnr = dead_neuron_rates(b.numpy())
             row["dynamic_dnr"], row["static_dnr"] = dnr["dynamic"], dnr["static"]
             rows[split] = row
-        self._categorize(rows, packed, splits)
+        self._categorize(rows, packed, splits, metrics)
         self.scores_ = pd.DataFrame.from_dict(rows, orient="index")
         self.scores_.index.name = "split"
         return self
 
-    def _categorize(self, rows: dict, packed: dict, splits: dict) -> None:
+    def _categorize(self, rows: dict, packed: dict, splits: dict, metrics: tuple[str, ...]) -> None:
         y_train = self.labels_
         for split in rows:
             for m in ("knn_accuracy", "logistic_accuracy", "kmeans_purity", "kmeans_hungarian"):
                 rows[split][m] = np.nan
-        if y_train is None or not self.metrics:
+        if y_train is None or not metrics:
             return
         y_tr = y_train.numpy()
         features = {s: unpack_codes(packed[s], self.n_bits_).astype(np.float64) for s in packed}
         classes = np.unique(y_tr)
-        if "knn" in self.metrics:
+        if "knn" in metrics:
             k = min(int(self.k), len(y_tr))
             for split, (_, labels) in splits.items():
                 if labels is not None:
                     pred = hamming_knn(self.codes_, y_tr, packed[split], k, progress=self.progress)
                     rows[split]["knn_accuracy"] = float((pred == labels.numpy()).mean())
-        if "logistic" in self.metrics and len(classes) > 1 and self.n_bits_ > 0:
+        if "logistic" in metrics and len(classes) > 1 and self.n_bits_ > 0:
             from sklearn.linear_model import LogisticRegression
             from sklearn.multiclass import OneVsOneClassifier
 
@@ -884,7 +646,7 @@ class NeuralCodes:
                     rows[split]["logistic_accuracy"] = float(
                         clf.score(features[split], labels.numpy())
                     )
-        if "kmeans" in self.metrics:
+        if "kmeans" in metrics:
             from sklearn.cluster import KMeans
 
             n_clusters = self.n_clusters or len(classes)
@@ -905,7 +667,7 @@ class NeuralCodes:
     def transform(self, x: Any) -> np.ndarray:
         """Packed codes of new inputs over the kept units: uint8 (examples, bytes)."""
         check_fitted(self, "codes_")
-        bits = self._bits(x, "x")
+        bits, _ = self._bits(x, "x")
         return pack_codes(bits[:, torch.as_tensor(self.kept_units_)])
 
     def predict(self, x: Any) -> np.ndarray:
@@ -936,29 +698,6 @@ class NeuralCodes:
         """
         check_fitted(self, "scores_")
         return self.scores_.copy()
-
-    _PARAMS = (
-        "layers",
-        "activation_types",
-        "drop_constant",
-        "k",
-        "metrics",
-        "n_clusters",
-        "random_state",
-        "n_init",
-        "max_iter",
-        "batch_size",
-        "progress",
-    )
-
-    def __repr__(self) -> str:
-        default = NeuralCodes()
-        changed = [
-            f"{name}={getattr(self, name)!r}"
-            for name in self._PARAMS
-            if getattr(self, name) != getattr(default, name)
-        ]
-        return f"NeuralCodes({', '.join(changed)})"
 
 
 # -- the phase chart ---------------------------------------------------------------------------
@@ -1035,6 +774,7 @@ def codes_phase_chart(
             f"data must be a Dataset from the experiment kit (digits(image=False), "
             f"xor_clusters(...)); got {type(data).__name__}."
         )
+    metrics = check_options("metrics", metrics, METRICS)  # before any network is trained
     widths, sizes = _grid(widths, "widths"), _grid(sample_sizes, "sample_sizes")
     checkpoints, seed_list = sorted(set(_grid(epochs, "epochs"))), _grid(seeds, "seeds")
     if any(not isinstance(w, int) or w < depth for w in widths):

@@ -17,6 +17,7 @@ Per weight matrix ``W`` (bias included) reading node layer ``l`` and writing the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,19 +28,20 @@ from torch import Tensor, nn
 
 from interp import InterpError
 
-from ._base import check_matrix
-from ._interaction import (
+from ._interaction_sections import (
     F64,
+    Section,
     _compose,
-    _eigh_desc,
+    _fold_model_and_data,
     _FoldedLinear,
     _forward,
-    _keep,
-    fold_sections,
-    jacobian_gram,
 )
+from ._interaction_spectral import _eigh_desc, _keep, jacobian_gram
 
 __all__ = ["DegeneracyReport", "degeneracy_report", "synchronised_groups"]
+
+
+SYNC_COLUMNS = ("sync_groups", "sync_units", "largest_group", "sync_extra", "near_groups")
 
 
 def _rank(vals: Tensor, tol: float) -> int:
@@ -81,26 +83,18 @@ def synchronised_groups(firing: Any, *, hamming: float = 0.0, min_size: int = 2)
         )
     if not 0 <= hamming < 1:
         raise InterpError(f"hamming is a fraction of the examples, in [0, 1); got {hamming}.")
-    alive = torch.nonzero(p.any(0)).flatten().tolist()
+    from scipy.sparse.csgraph import connected_components
+
+    alive = torch.nonzero(p.any(0)).flatten().numpy()
+    if not len(alive):
+        return []
     q = p[:, alive].double()
     # Hamming distance between every pair of columns
     dist = q.T @ (1 - q) + (1 - q).T @ q
     linked = (dist <= hamming * len(p)).numpy()
-    parent = list(range(len(alive)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in zip(*np.nonzero(np.triu(linked, 1)), strict=True):
-        parent[root(int(i))] = root(int(j))
-    groups: dict[int, list[int]] = {}
-    for k, unit in enumerate(alive):
-        groups.setdefault(root(k), []).append(unit)
-    found = [sorted(g) for g in groups.values() if len(g) >= min_size]
-    return sorted(found, key=lambda g: (-len(g), g[0]))
+    _, component = connected_components(linked, directed=False)
+    found = [alive[component == c].tolist() for c in np.unique(component)]
+    return sorted((g for g in found if len(g) >= min_size), key=lambda g: (-len(g), g[0]))
 
 
 @dataclass
@@ -227,7 +221,7 @@ def _unit_stats(a: Tensor) -> tuple[int, int, int]:
 
 
 def degeneracy_report(
-    model: nn.Sequential,
+    model: nn.Module | Sequence[Section],
     x: Any,
     *,
     tolerance: float = 1e-10,
@@ -240,9 +234,14 @@ def degeneracy_report(
 
     Parameters
     ----------
-    model : nn.Sequential
-        ``Linear`` layers and parameter-free activations (ReLU for the synchronisation groups;
-        a unit is "on" when its pre-activation is positive). Copied to float64.
+    model : nn.Sequential or sequence of callables
+        What :meth:`InteractionBasis.fit <analysis.InteractionBasis.fit>` reads (see
+        :func:`~analysis.fold_sections`): an MLP of ``Linear`` layers and parameter-free
+        activations (ReLU for the synchronisation groups; a unit is "on" when its
+        pre-activation is positive), or its sections. Copied to float64. A section that is
+        neither a ``Linear`` nor an ``nn.Sequential`` starting with one has no weight matrix
+        or pre-activations to read: the parameter columns of the layer it reads and the
+        synchronisation columns of the layer it writes are missing (``<NA>``).
     x : array-like (N, d_0)
         The data set.
     tolerance : float
@@ -270,23 +269,15 @@ def degeneracy_report(
     1      1      4          4           1            1
     2      2      2          2           0            0
     """
-    if not isinstance(model, nn.Sequential):
-        raise InterpError(
-            f"degeneracy_report reads an nn.Sequential MLP; got {type(model).__name__}."
-        )
-    sections = fold_sections(model)
-    if not all(isinstance(s, _FoldedLinear) for s in sections):  # pragma: no cover
-        raise InterpError("degeneracy_report needs Linear layers and parameter-free activations.")
-    x = check_matrix(x, "x", dtype=F64, min_rows=2)
-    if x.shape[1] != sections[0].width:
-        raise InterpError(
-            f"x has {x.shape[1]} features but the first Linear reads {sections[0].width}."
-        )
+    sections, x = _fold_model_and_data(model, x)
     n = len(x)
     folded = _forward(sections, x)
     with torch.no_grad():
-        pres = [s.pre(f) for s, f in zip(sections, folded[:-1], strict=True)]
-    linears = [mod for mod in model if isinstance(mod, nn.Linear)]
+        # pre-activations of the sections that have them (a Linear, then activations)
+        pres = [
+            s.pre(f) if isinstance(s, _FoldedLinear) else None
+            for s, f in zip(sections, folded[:-1], strict=True)
+        ]
     n_layers = len(folded)
     rows = []
     gram_spectra, jac_spectra, gram_null, jac_null = [], [], [], []
@@ -327,22 +318,24 @@ def degeneracy_report(
             jac_spectra.append(jv)
             jac_null.append(jvecs[:, j_rank:])
             row.update(jacobian_rank=j_rank, jacobian_null=fa.shape[1] - j_rank)
-        if 0 < layer < n_layers - 1:
+        groups, near = [], []
+        if 0 < layer < n_layers - 1 and pres[layer - 1] is not None:
             on = pres[layer - 1] > 0
             groups = synchronised_groups(on)
             near = synchronised_groups(on, hamming=hamming) if hamming > 0 else groups
-        else:
-            groups, near = [], []
         groups_all.append(groups)
         near_all.append(near)
-        row.update(
-            sync_groups=len(groups),
-            sync_units=sum(len(g) for g in groups),
-            largest_group=max((len(g) for g in groups), default=0),
-            sync_extra=sum(len(g) * (len(g) - 1) for g in groups),
-            near_groups=len(near),
-        )
-        if last:
+        if 0 < layer < n_layers - 1 and pres[layer - 1] is None:
+            row.update(dict.fromkeys(SYNC_COLUMNS, np.nan))
+        else:
+            row.update(
+                sync_groups=len(groups),
+                sync_units=sum(len(g) for g in groups),
+                largest_group=max((len(g) for g in groups), default=0),
+                sync_extra=sum(len(g) * (len(g) - 1) for g in groups),
+                near_groups=len(near),
+            )
+        if last or pres[layer] is None:
             row.update(params=np.nan, pre_jacobian_rank=np.nan, params_bound=np.nan)
         else:
             s, tail = sections[layer], _compose(sections[layer + 1 :])
@@ -355,18 +348,13 @@ def degeneracy_report(
                 from_pre, pre, n_sources=n_sources, batch_size=batch_size, progress=progress
             )[:-1, :-1]
             p_rank = _rank(_eigh_desc(mp)[0], tolerance)
-            linear = linears[layer]
-            params = sum(p.numel() for p in linear.parameters())
             # a Linear without a bias does not read the constant unit: rank of the units alone
-            read_rank = (
-                g_rank
-                if linear.bias is not None
-                else _rank(_eigh_desc(raw.T @ raw / n)[0], tolerance)
-            )
-            row.update(params=params, pre_jacobian_rank=p_rank, params_bound=read_rank * p_rank)
+            read_rank = g_rank if s.has_bias else _rank(_eigh_desc(raw.T @ raw / n)[0], tolerance)
+            row.update(params=s.n_params, pre_jacobian_rank=p_rank, params_bound=read_rank * p_rank)
         rows.append(row)
     frame = pd.DataFrame(rows)
-    for col in ("jacobian_rank", "jacobian_null", "params", "pre_jacobian_rank", "params_bound"):
+    missing = ("jacobian_rank", "jacobian_null", "params", "pre_jacobian_rank", "params_bound")
+    for col in missing + SYNC_COLUMNS:
         frame[col] = frame[col].astype("Int64")
     return DegeneracyReport(
         frame, gram_spectra, jac_spectra, gram_null, jac_null, groups_all, near_all, tolerance

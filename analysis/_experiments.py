@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from interp import InterpError, progress_bar
+from interp import InterpError, check_option, progress_bar
 
 __all__ = [
     "Dataset",
@@ -187,10 +187,7 @@ def mlp(
       (4): Linear(in_features=16, out_features=10, bias=True)
     )
     """
-    if activation not in ACTIVATIONS:
-        raise InterpError(
-            f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}."
-        )
+    check_option("activation", activation, ACTIVATIONS)
     with torch.random.fork_rng():  # seeded, and the caller's random state is left alone
         torch.manual_seed(seed)
         layers: list[nn.Module] = []
@@ -292,8 +289,7 @@ def train(
     True
     """
     optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-    if optimizer not in optimizers:
-        raise InterpError(f"Unknown optimizer {optimizer!r}; choose one of {sorted(optimizers)}.")
+    check_option("optimizer", optimizer, optimizers)
     if epochs < 0:
         raise InterpError(f"epochs must be >= 0; got {epochs}.")
     opt = optimizers[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)

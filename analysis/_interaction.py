@@ -8,395 +8,49 @@ of its eigenvalue. See ``specs/interaction_basis.md`` (§1.5, §2.3-§2.5) for t
 
 Conventions (those of the reference implementation ``rib``):
 
-- **Node layers** are the inputs of the network's sections: for an ``nn.Sequential`` MLP, layer 0
-  is the input, layer ``l`` the input of the ``l``-th ``Linear`` and the last layer the output.
-- **Biases are folded**: every node layer but the output gets a trailing constant 1, and each
-  section multiplies its bias by that entry, so a ReLU section is positively 1-homogeneous.
+- **Node layers** and **folded biases**: see :mod:`analysis._interaction_sections`;
 - **Row vectors**: ``f_hat = [f, 1] @ C`` and ``[f, 1] ~ f_hat @ C_pinv``; ``C`` is
   (width + 1, kept).
 - All linear algebra runs in float64; truncation thresholds are *relative* to the largest
   eigenvalue and the absolute values used are reported by :meth:`InteractionBasis.summary`.
+
+The package splits into the sections (:mod:`~analysis._interaction_sections`), the linear algebra
+(:mod:`~analysis._interaction_spectral`), this estimator, and its evaluation (edge concentration,
+modularity, ablations: :mod:`~analysis._interaction_eval`).
 """
 
 from __future__ import annotations
 
-import copy
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.base import BaseEstimator
 from torch import Tensor, nn
 
-from interp import InterpError, ShapeError, progress_bar
-
-from ._base import check_fitted, check_labels, check_matrix, reset_fitted
-
-__all__ = [
-    "InteractionBasis",
-    "Modules",
-    "pca_basis",
-    "neuron_basis",
-    "compare_bases",
-    "jacobian_gram",
-    "fold_sections",
-    "transformer_mlp",
-]
-
-Section = Callable[[Tensor], Tensor]
-F64 = torch.float64
-# smallest constant entry a perspective section accepts (c h(f / c) divides by it)
-MIN_CONSTANT = 1e-6
-
-
-# -- sections with folded biases ----------------------------------------------------------------
-
-
-def _parameter_free(module: nn.Module) -> bool:
-    return next(iter(module.parameters()), None) is None
-
-
-def _split_sequential(model: nn.Sequential) -> list[tuple[nn.Linear, nn.Module]]:
-    """(Linear, the parameter-free modules after it) for every Linear of an MLP."""
-    groups: list[list[nn.Module]] = []
-    for i, module in enumerate(model.children()):
-        if isinstance(module, nn.Linear):
-            groups.append([module])
-        elif not _parameter_free(module):
-            raise InterpError(
-                f"Module {i} ({type(module).__name__}) has parameters but is not a Linear; an "
-                "nn.Sequential model must be Linear layers and parameter-free activations. "
-                "Pass a list of section callables instead."
-            )
-        elif not groups:
-            raise InterpError(
-                f"Module {i} ({type(module).__name__}) comes before the first Linear; the first "
-                "module must be a Linear (flatten the inputs yourself, e.g. x.reshape(len(x), -1))."
-            )
-        else:
-            groups[-1].append(module)
-    if not groups:
-        raise InterpError("The nn.Sequential model has no Linear layer.")
-    return [(g[0], nn.Sequential(*g[1:])) for g in groups]
-
-
-class _FoldedLinear:
-    """``[f, c] -> [act(f W^T + c b), c]``: a Linear section with its bias folded."""
-
-    def __init__(self, linear: nn.Linear, rest: nn.Module, last: bool) -> None:
-        self.weight = linear.weight.detach().to(F64)
-        bias = linear.bias
-        self.bias = (
-            torch.zeros(len(self.weight), dtype=F64) if bias is None else bias.detach().to(F64)
-        )
-        self.rest = copy.deepcopy(rest).to(F64).eval()
-        self.last = last
-        self.width = self.weight.shape[1]
-
-    def pre(self, f: Tensor) -> Tensor:
-        return f[:, :-1] @ self.weight.T + f[:, -1:] * self.bias
-
-    def post(self, p: Tensor, c: Tensor) -> Tensor:
-        """The section's output from its pre-activations ``p`` and constant entries ``c``."""
-        out = self.rest(p)
-        return out if self.last else torch.cat([out, c], dim=1)
-
-    def __call__(self, f: Tensor) -> Tensor:
-        return self.post(self.pre(f), f[:, -1:])
-
-
-class _FoldedCallable:
-    """``[f, c] -> [c h(f / c), c]``: the perspective of a section, which folds any bias.
-
-    At ``c = 1`` it is ``h`` itself; for affine maps followed by ReLU it equals the explicit
-    folding of :class:`_FoldedLinear` for ``c > 0`` (both are 1-homogeneous in ``[f, c]``). It
-    divides by ``c`` and is not that folding for ``c < 0``, so a constant entry at or below
-    ``MIN_CONSTANT`` (an ablation of an uncentred basis can cause one) raises :class:`InterpError`.
-    """
-
-    def __init__(self, fn: Section, last: bool) -> None:
-        if isinstance(fn, nn.Module):
-            fn = copy.deepcopy(fn).to(F64).eval().requires_grad_(False)
-        self.fn = fn
-        self.last = last
-        self.width = None
-
-    def __call__(self, f: Tensor) -> Tensor:
-        c = f[:, -1:]
-        if len(c) and bool((c <= MIN_CONSTANT).any()):
-            raise InterpError(
-                f"A section given as a callable got a constant (bias) entry of "
-                f"{float(c.min()):.3g}; its bias is folded through the perspective c h(f / c), "
-                f"which needs c > {MIN_CONSTANT:g}. Ablating directions of an uncentred basis "
-                "moves the constant: fit with centre=True (the constant direction is then never "
-                "ablated), or pass nn.Linear / nn.Sequential sections, which fold their bias "
-                "explicitly."
-            )
-        out = c * self.fn(f[:, :-1] / c)
-        return out if self.last else torch.cat([out, c], dim=1)
-
-
-def fold_sections(model: nn.Module | Sequence[Section]) -> list[Section]:
-    """The sections of ``model`` with biases folded, in float64.
-
-    Parameters
-    ----------
-    model : nn.Sequential or sequence of callables
-        An MLP (``Linear`` layers and parameter-free activations; it is split before every
-        ``Linear``), or the sections themselves, each mapping a batch of one node layer's
-        activations (B, d_l) to the next (B, d_{l+1}). A section that is a ``Linear`` or an
-        ``nn.Sequential`` starting with one is folded explicitly; any other callable through its
-        perspective ``c h(f / c)`` (exact for ReLU/affine sections, and at ``c = 1`` always).
-
-    Returns
-    -------
-    list of callables
-        Each maps (B, d_l + 1) to (B, d_{l+1} + 1), carrying the constant last entry through;
-        the last one maps to the output (no constant).
-
-    Examples
-    --------
-    >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
-    >>> sections = fold_sections(net)
-    >>> x = torch.randn(5, 3, dtype=torch.float64)
-    >>> h = sections[0](torch.cat([x, torch.ones(5, 1, dtype=torch.float64)], 1))
-    >>> bool(torch.allclose(sections[1](h), net(x)))
-    True
-    """
-    if isinstance(model, nn.Sequential) and all(
-        isinstance(m, nn.Linear) or _parameter_free(m) for m in model.children()
-    ):
-        pairs = _split_sequential(model)
-        return [
-            _FoldedLinear(lin, rest, i == len(pairs) - 1) for i, (lin, rest) in enumerate(pairs)
-        ]
-    if isinstance(model, nn.Module) or not isinstance(model, Sequence) or not len(model):
-        raise InterpError(
-            "model must be an nn.Sequential MLP (Linear layers and parameter-free activations) "
-            f"or a non-empty list of section callables; got {type(model).__name__}."
-        )
-    folded: list[Section] = []
-    for i, fn in enumerate(model):
-        last = i == len(model) - 1
-        if not callable(fn):
-            raise InterpError(f"Section {i} is not callable; got {type(fn).__name__}.")
-        if isinstance(fn, nn.Linear):
-            folded.append(_FoldedLinear(fn, nn.Identity(), last))
-        elif (
-            isinstance(fn, nn.Sequential)
-            and len(fn)
-            and isinstance(fn[0], nn.Linear)
-            and all(_parameter_free(m) for m in list(fn)[1:])
-        ):
-            folded.append(_FoldedLinear(fn[0], nn.Sequential(*list(fn)[1:]), last))
-        else:
-            folded.append(_FoldedCallable(fn, last))
-    return folded
-
-
-def _ones(n: int) -> Tensor:
-    return torch.ones(n, 1, dtype=F64)
-
-
-def _with_one(a: Tensor) -> Tensor:
-    return torch.cat([a, _ones(len(a))], dim=1)
-
-
-def _compose(fns: Sequence[Section]) -> Section:
-    def run(f: Tensor) -> Tensor:
-        for fn in fns:
-            f = fn(f)
-        return f
-
-    return run
-
-
-def _forward(sections: Sequence[Section], x: Tensor) -> list[Tensor]:
-    """Folded activations ``[f, 1]`` of every node layer for inputs ``x`` (the output: ``f``)."""
-    with torch.no_grad():
-        f = _with_one(x)
-        acts = [f]
-        for section in sections:
-            f = section(f)
-            acts.append(f)
-    return acts
-
-
-# -- Jacobian Gram matrices ---------------------------------------------------------------------
-
-
-def _vjp_rows(fn: Section, xb: Tensor, n_sources: int | None, g: torch.Generator) -> Tensor:
-    """Rows ``phi^T J(x)`` for one batch: (sources, B, d_in); one-hot sources give J exactly."""
-    out, vjp_fn = torch.func.vjp(fn, xb)
-    d_out = out.shape[1]
-    if n_sources is None or n_sources >= d_out:
-        eye = torch.eye(d_out, dtype=out.dtype)
-        cot = eye[:, None, :].expand(d_out, len(xb), d_out)
-    else:
-        signs = torch.randint(0, 2, (n_sources, len(xb), d_out), generator=g).to(out.dtype)
-        cot = (2 * signs - 1) / math.sqrt(n_sources)
-    (rows,) = torch.func.vmap(vjp_fn)(cot)
-    # sections that close over trainable parameters would otherwise carry their autograd graph
-    return rows.detach()
-
-
-def _batches(n: int, width: int, sources: int, batch_size: int) -> int:
-    # keep one batch's rows (sources x B x width doubles) under ~64 MB
-    return max(1, min(batch_size, (8 * 2**20) // max(1, sources * width)))
-
-
-def jacobian_gram(
-    fn: Section,
-    x: Tensor,
-    *,
-    n_sources: int | None = None,
-    batch_size: int = 512,
-    seed: int = 0,
-    progress: bool | None = None,
-) -> Tensor:
-    """The Jacobian Gram matrix ``E_x[J(x)^T J(x)]`` of a batched function, in float64.
-
-    Parameters
-    ----------
-    fn : callable
-        Maps a batch (B, d_in) to (B, d_out), each row depending only on its own input row.
-    x : tensor (N, d_in)
-        The data points.
-    n_sources : int, optional
-        ``None`` (default) uses the exact Jacobian (one vector-Jacobian product per output).
-        An integer ``R`` smaller than d_out uses ``R`` random ±1 stochastic sources ``phi``,
-        ``E_phi[J^T phi phi^T J] / R = J^T J``: unbiased, for wide outputs.
-    batch_size : int
-        Data points per ``torch.func`` call (reduced automatically to bound memory).
-
-    Returns
-    -------
-    tensor (d_in, d_in), float64
-
-    Examples
-    --------
-    >>> w = torch.tensor([[1.0, 2.0], [0.0, 3.0], [1.0, 1.0]], dtype=torch.float64)
-    >>> m = jacobian_gram(lambda x: x @ w.T, torch.randn(10, 2, dtype=torch.float64))
-    >>> bool(torch.allclose(m, w.T @ w))
-    True
-    """
-    x = check_matrix(x, "x", dtype=F64)
-    g = torch.Generator().manual_seed(seed)
-    d_in = x.shape[1]
-    total = torch.zeros(d_in, d_in, dtype=F64)
-    with torch.no_grad():
-        d_out = fn(x[:1]).shape[1]
-    sources = d_out if n_sources is None else min(n_sources, d_out)
-    size = _batches(len(x), d_in, sources, batch_size)
-    for start in progress_bar(range(0, len(x), size), desc="jacobian gram", progress=progress):
-        rows = _vjp_rows(fn, x[start : start + size], n_sources, g)
-        total += torch.einsum("sbi,sbj->ij", rows, rows)
-    return total / len(x)
-
-
-# -- eigendecompositions ------------------------------------------------------------------------
-
-
-def _eigh_desc(m: Tensor) -> tuple[Tensor, Tensor]:
-    """Eigenvalues (absolute, descending) and eigenvectors of a symmetric float64 matrix."""
-    vals, vecs = torch.linalg.eigh((m + m.T) / 2)
-    vals = vals.abs()
-    order = torch.argsort(vals, descending=True)
-    return vals[order], vecs[:, order]
-
-
-def _keep(vals: Tensor, tol: float) -> tuple[Tensor, float]:
-    """Eigenvalues above ``tol * max`` (``tol`` floored at ``len(vals) * eps``, float64 noise)."""
-    top = float(vals.max()) if len(vals) else 0.0
-    cut = max(tol, len(vals) * torch.finfo(F64).eps) * top
-    return (vals > cut) if top > 0 else torch.zeros(len(vals), dtype=torch.bool), cut
-
-
-@dataclass
-class _GramBasis:
-    w: Tensor  # (d_aug, k): orthonormal directions (centring folded in)
-    w_pinv: Tensor  # (k, d_aug)
-    d: Tensor  # (k,) Gram eigenvalues (centred: variances; 1 for the constant)
-    rank: int  # non-constant directions kept
-    cut: float  # absolute threshold used
-    n_masked: int  # 1 when the constant direction is index 0
-    mean: Tensor | None
-
-
-def _gram_basis(fa: Tensor, centre: bool, tol: float) -> _GramBasis:
-    """Eigenbasis of the (optionally centred) Gram matrix of bias-folded activations ``fa``."""
-    n, d_aug = fa.shape
-    if not centre:
-        vals, vecs = _eigh_desc(fa.T @ fa / n)
-        keep, cut = _keep(vals, tol)
-        u = vecs[:, keep]
-        return _GramBasis(u, u.T.clone(), vals[keep], int(keep.sum()), cut, 0, None)
-    mean = fa[:, :-1].mean(0)
-    xc = fa[:, :-1] - mean
-    vals, vecs = _eigh_desc(xc.T @ xc / n)
-    keep, cut = _keep(vals, tol)
-    u = vecs[:, keep]
-    k = u.shape[1]
-    # x @ Y = [f - c mu, c]; the constant direction e_last is index 0 and is never rotated
-    w = torch.zeros(d_aug, k + 1, dtype=F64)
-    w[-1, 0] = 1
-    w[:-1, 1:] = u
-    w[-1, 1:] = -mean @ u
-    w_pinv = torch.zeros(k + 1, d_aug, dtype=F64)
-    w_pinv[0, :-1] = mean
-    w_pinv[0, -1] = 1
-    w_pinv[1:, :-1] = u.T
-    d = torch.cat([torch.ones(1, dtype=F64), vals[keep]])
-    return _GramBasis(w, w_pinv, d, k, cut, 1, mean)
-
-
-# -- results -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Modules:
-    """Communities of an interaction graph and their Newman modularity.
-
-    Attributes
-    ----------
-    q : float
-        Newman modularity ``Q = (1/2m) sum_ij [A_ij - k_i k_j / 2m] delta(c_i, c_j)`` of the
-        partition (at resolution 1, whatever resolution found the partition).
-    communities : list of list of str
-        Node names per module, largest module first.
-    assignment : dict
-        Node name -> module index.
-    """
-
-    q: float
-    communities: list[list[str]]
-    assignment: dict[str, int] = field(repr=False)
-
-    def frame(self) -> pd.DataFrame:
-        """One row per node: ``node, layer, direction, module``."""
-        rows = []
-        for name, module in self.assignment.items():
-            layer, direction = name.split(".")
-            rows.append(
-                {
-                    "node": name,
-                    "layer": int(layer[1:]),
-                    "direction": int(direction[1:]),
-                    "module": module,
-                }
-            )
-        return pd.DataFrame(rows)
-
-
-# -- the estimator ------------------------------------------------------------------------------
+from interp import InterpError, ShapeError, check_option, progress_bar
+
+from ._base import check_fitted, check_matrix, reset_fitted
+from ._interaction_eval import NORMS, BasisEvaluation
+from ._interaction_sections import F64, Section, _compose, _fold_model_and_data, _forward, _with_one
+from ._interaction_spectral import (
+    _batches,
+    _eigh_desc,
+    _gram_basis,
+    _keep,
+    _vjp_rows,
+    jacobian_gram,
+)
+
+__all__ = ["InteractionBasis", "pca_basis", "neuron_basis", "compare_bases"]
 
 BASES = ("interaction", "pca", "neuron")
+JACOBIANS = ("next", "output")
 
 
-class InteractionBasis:
+class InteractionBasis(BasisEvaluation, BaseEstimator):
     """The (local) interaction basis of every node layer of a network, and its interaction graph.
 
     Parameters
@@ -488,10 +142,8 @@ class InteractionBasis:
     # -- fitting ------------------------------------------------------------------------------
 
     def _check_params(self) -> tuple[float, float]:
-        if self.basis not in BASES:
-            raise InterpError(f"basis must be one of {BASES}; got {self.basis!r}.")
-        if self.jacobian not in ("next", "output"):
-            raise InterpError(f"jacobian must be 'next' or 'output'; got {self.jacobian!r}.")
+        check_option("basis", self.basis, BASES)
+        check_option("jacobian", self.jacobian, JACOBIANS)
         tol = self.truncation
         pair = tuple(tol) if isinstance(tol, tuple | list) else (tol, tol)
         if len(pair) != 2 or not all(isinstance(t, int | float) and 0 < t < 1 for t in pair):
@@ -521,14 +173,7 @@ class InteractionBasis:
         """
         reset_fitted(self)  # a refit never mixes the previous model's state with the new one
         tol_gram, tol_lambda = self._check_params()
-        x = check_matrix(x, "x", dtype=F64, min_rows=2)
-        self.sections_ = fold_sections(model)
-        width = getattr(self.sections_[0], "width", None)
-        if width is not None and x.shape[1] != width:
-            raise ShapeError(
-                f"x has {x.shape[1]} features but the first layer of the model reads {width}; "
-                "pass the inputs of the first Linear."
-            )
+        self.sections_, x = _fold_model_and_data(model, x)
         self.n_layers_ = len(self.sections_) + 1
         fa = self._folded_activations(x)
         last = self.n_layers_ - 1
@@ -692,11 +337,6 @@ class InteractionBasis:
         a = f_hat @ self.C_pinv_[layer]
         return a if layer == self.n_layers_ - 1 else a[:, :-1]
 
-    def _module_hat(self, layer: int) -> Section:
-        """``f_hat^l -> f_hat^{l+1}``: the section between two layers, in their bases."""
-        section, c_pinv, c_next = self.sections_[layer], self.C_pinv_[layer], self.C_[layer + 1]
-        return lambda h: section(h @ c_pinv) @ c_next
-
     def _local(self, layer: int, fa: Tensor) -> Section:
         """``f_hat^l -> f_hat^{l+1}`` near the data points ``fa`` (a batch, bias folded).
 
@@ -845,266 +485,6 @@ class InteractionBasis:
         )
         return graph if top is None else graph.top(top, prune=False)
 
-    def edge_concentration(
-        self, fractions: Sequence[float] = (0.9, 0.99), *, include_constant: bool = False
-    ) -> pd.DataFrame:
-        """How many of the strongest edges hold a fraction of each layer's total edge mass.
-
-        Parameters
-        ----------
-        fractions : sequence of float
-            Fractions of ``sum E`` (0.9 and 0.99 in spec §2.8).
-        include_constant : bool
-            Count the edges of the constant directions (left out by default, as for modularity).
-
-        Returns
-        -------
-        pandas.DataFrame
-            One row per pair of layers: ``basis, edges, n_edges, edges_90%, edges_99%, ...``.
-        """
-        self._check_edges()
-        rows = []
-        for layer, e in enumerate(self.edges_):
-            values = e[self.edge_mask(layer, include_constant)]
-            row = {
-                "basis": self.basis,
-                "edges": f"L{layer}->L{layer + 1}",
-                "n_edges": int(values.numel()),
-            }
-            row.update(
-                {f"edges_{round(100 * f, 3):g}%": _edges_holding(values, f) for f in fractions}
-            )
-            rows.append(row)
-        return pd.DataFrame(rows)
-
-    def modularity(
-        self,
-        *,
-        resolution: float = 1.0,
-        seed: int = 0,
-        norm: str = "none",
-        nodes_per_layer: int | None = None,
-    ) -> Modules:
-        """Modules of the interaction graph (Louvain) and their Newman modularity ``Q``.
-
-        Constant directions are left out (spec §1.4). The graph is undirected, weighted by the
-        edges ``E`` (``norm="sqrt"``: ``sqrt(E)``; ``"layer"``: ``E / sum E`` per pair of
-        layers). ``nodes_per_layer`` keeps only the most important directions of each layer.
-        Community detection is networkx's Louvain method at ``resolution``, seeded.
-        """
-        import networkx as nx
-
-        self._check_edges()
-        if norm not in ("none", "sqrt", "layer"):
-            raise InterpError(f"norm must be 'none', 'sqrt' or 'layer'; got {norm!r}.")
-        graph = nx.Graph()
-        for layer in range(self.n_layers_):
-            graph.add_nodes_from(self._module_nodes(layer, nodes_per_layer))
-        for layer, e in enumerate(self.edges_):
-            w = e.sqrt() if norm == "sqrt" else e
-            if norm == "layer":
-                w = w / w[self.edge_mask(layer, False)].sum().clamp_min(1e-300)
-            src = self._module_nodes(layer, nodes_per_layer)
-            dst = self._module_nodes(layer + 1, nodes_per_layer)
-            for i_name in dst:
-                i = int(i_name.split(".d")[1])
-                for j_name in src:
-                    weight = float(w[i, int(j_name.split(".d")[1])])
-                    if weight > 0:
-                        graph.add_edge(j_name, i_name, weight=weight)
-        communities = nx.community.louvain_communities(
-            graph, weight="weight", resolution=resolution, seed=seed
-        )
-        communities = sorted(
-            (sorted(c, key=_node_key) for c in communities),
-            key=lambda c: (-len(c), _node_key(c[0])),
-        )
-        q = float(nx.community.modularity(graph, communities, weight="weight"))
-        assignment = {name: k for k, c in enumerate(communities) for name in c}
-        return Modules(q, communities, assignment)
-
-    def _module_nodes(self, layer: int, nodes_per_layer: int | None) -> list[str]:
-        names = self.node_names(layer)
-        const = self.constant_[layer]
-        keep = [n for i, n in enumerate(names) if i != const]
-        return keep if nodes_per_layer is None else keep[:nodes_per_layer]
-
-    # -- ablations ----------------------------------------------------------------------------
-
-    def ablation_curve(
-        self,
-        x: Any,
-        y: Any = None,
-        *,
-        layer: int,
-        kind: str = "node",
-        schedule: Sequence[int] | None = None,
-        metric: str | Callable[[Tensor, Tensor | None], float] = "accuracy",
-    ) -> pd.DataFrame:
-        """Score of the network when only some directions (or edges) of one layer are kept.
-
-        Parameters
-        ----------
-        x, y : array-like
-            Inputs (N, d_0) and labels (for ``"accuracy"`` and ``"loss"``).
-        layer : int
-            ``kind="node"``: the node layer whose directions are ablated (smallest ``Lambda``
-            first; the constant direction is always kept and counted). ``kind="edge"``: the
-            edges from ``layer`` to ``layer + 1`` (weakest first; edges of constant directions
-            are always kept and not counted).
-        schedule : sequence of int, optional
-            Numbers of directions (edges) kept; default: about 30 counts, log-spaced.
-        metric : "accuracy", "loss" or callable
-            ``metric(output, y) -> float``.
-
-        Returns
-        -------
-        pandas.DataFrame
-            ``basis, kind, layer, n_kept, score``.
-        """
-        layer = self._check_layer(layer)
-        if kind not in ("node", "edge"):
-            raise InterpError(f"kind must be 'node' or 'edge'; got {kind!r}.")
-        if kind == "edge":
-            self._check_edges()
-            if layer == self.n_layers_ - 1:
-                raise InterpError("Edges leave layers 0..n_layers_ - 2; the output has none.")
-        x = self._fold(0, x, "x")
-        score = _metric(metric, y, len(x))
-        fa = self._folded_activations(x[:, :-1])
-        if kind == "node":
-            total = self.kept_[layer]
-        else:
-            total = int(self.edge_mask(layer, False).sum())
-        counts = _schedule(total) if schedule is None else sorted({int(s) for s in schedule})
-        if any(not 0 <= c <= total for c in counts):
-            raise InterpError(f"schedule counts must lie in 0..{total}; got {counts}.")
-        rows = []
-        with torch.no_grad():
-            for n in progress_bar(counts, desc=f"{kind} ablation", progress=self.progress):
-                if n == total:
-                    out = fa[-1]
-                elif kind == "node":
-                    out = self._run_from(layer, self._ablate_nodes(layer, fa[layer], n))
-                else:
-                    out = self._run_from(layer + 1, self._ablate_edges(layer, fa[layer], n))
-                rows.append(
-                    {
-                        "basis": self.basis,
-                        "kind": kind,
-                        "layer": layer,
-                        "n_kept": n,
-                        "score": score(out),
-                    }
-                )
-        return pd.DataFrame(rows)
-
-    def edges_required(
-        self,
-        x: Any,
-        y: Any = None,
-        *,
-        layer: int,
-        tolerance: float = 1e-3,
-        metric: str | Callable[[Tensor, Tensor | None], float] = "accuracy",
-    ) -> int:
-        """Fewest edges from ``layer`` to ``layer + 1`` that keep the score within ``tolerance``.
-
-        Bisection over the number of strongest edges kept (rib's ``bisect`` schedule, spec §2.5):
-        the result ``n`` scores at least ``base - tolerance`` and ``n - 1`` does not (for a loss,
-        lower is better: at most ``base + tolerance``). Edges of constant directions are always
-        kept and not counted.
-        """
-        layer = self._check_layer(layer)
-        self._check_edges()
-        if layer == self.n_layers_ - 1:
-            raise InterpError("Edges leave layers 0..n_layers_ - 2; the output has none.")
-        xf = self._fold(0, x, "x")
-        score = _metric(metric, y, len(xf))
-        fa = self._folded_activations(xf[:, :-1])
-        total = int(self.edge_mask(layer).sum())
-        base = score(fa[-1])
-        sign = -1.0 if metric == "loss" else 1.0
-
-        def good(n: int) -> bool:
-            if n == total:
-                return True
-            with torch.no_grad():
-                out = self._run_from(layer + 1, self._ablate_edges(layer, fa[layer], n))
-            return sign * (score(out) - base) >= -tolerance
-
-        lo, hi = 0, total  # good(hi) holds
-        if good(0):
-            return 0
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if good(mid) else (mid, hi)
-        return hi
-
-    def _run_from(self, layer: int, f: Tensor) -> Tensor:
-        return _compose(self.sections_[layer:])(f)
-
-    def _order(self, layer: int) -> Tensor:
-        """Directions by importance: the constant first, then by decreasing Lambda."""
-        lam = self.lambdas_[layer].clone()
-        const = self.constant_[layer]
-        if const is not None:
-            lam[const] = math.inf
-        return torch.argsort(lam, descending=True, stable=True)
-
-    def _ablate_nodes(self, layer: int, fa: Tensor, n: int) -> Tensor:
-        mask = torch.zeros(self.kept_[layer], dtype=F64)
-        mask[self._order(layer)[:n]] = 1
-        return (fa @ self.C_[layer] * mask) @ self.C_pinv_[layer]
-
-    def _ablate_edges(self, layer: int, fa: Tensor, n: int) -> Tensor:
-        e = self.edges_[layer]
-        free = self.edge_mask(layer, False)
-        keep = ~free  # constant edges always kept
-        ranked = torch.argsort(torch.where(free, e, -math.inf).reshape(-1), descending=True)
-        keep.view(-1)[ranked[:n]] = True
-        h = fa @ self.C_[layer]
-        k_out = self.kept_[layer + 1]
-        out = torch.empty(len(h), k_out, dtype=F64)
-        fn = self._module_hat(layer)
-        for i in range(k_out):  # output direction i sees only its kept inputs
-            out[:, i] = fn(h * keep[i].to(F64))[:, i]
-        return out @ self.C_pinv_[layer + 1]
-
-
-def _node_key(name: str) -> tuple[int, int]:
-    layer, direction = name.split(".")
-    return int(layer[1:]), int(direction[1:])
-
-
-def _edges_holding(values: Tensor, fraction: float) -> int:
-    if not 0 < fraction <= 1:
-        raise InterpError(f"fractions must lie in (0, 1]; got {fraction}.")
-    total = values.sum()
-    if values.numel() == 0 or total <= 0:
-        return 0
-    cumulative = torch.cumsum(torch.sort(values.reshape(-1), descending=True).values, 0)
-    # the tiny slack keeps fraction=1 from failing on rounding in the last bits
-    return int(torch.searchsorted(cumulative, fraction * total * (1 - 1e-12))) + 1
-
-
-def _schedule(total: int, steps: int = 30) -> list[int]:
-    counts = np.unique(np.round(np.geomspace(1, max(total, 1), steps)).astype(int))
-    return sorted({0, *counts.tolist(), total})
-
-
-def _metric(metric: Any, y: Any, n: int) -> Callable[[Tensor], float]:
-    if callable(metric):
-        return lambda out: float(metric(out, y))
-    if metric not in ("accuracy", "loss"):
-        raise InterpError(f"metric must be 'accuracy', 'loss' or a callable; got {metric!r}.")
-    if y is None:
-        raise InterpError(f"metric={metric!r} needs labels y; pass y or a callable metric.")
-    labels = check_labels(y, n)
-    if metric == "accuracy":
-        return lambda out: float((out.argmax(-1) == labels).double().mean())
-    return lambda out: float(nn.functional.cross_entropy(out, labels))
-
 
 # -- baselines and comparison -------------------------------------------------------------------
 
@@ -1157,6 +537,7 @@ def compare_bases(
     >>> list(frame.basis)
     ['interaction', 'interaction', 'pca', 'pca']
     """
+    check_option("norm", norm, NORMS)
     frames = []
     for est in fitted:
         if not isinstance(est, InteractionBasis):
@@ -1169,121 +550,3 @@ def compare_bases(
         frame["modularity"] = est.modularity(resolution=resolution, seed=seed, norm=norm).q
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
-
-
-# -- transformer MLP sites ----------------------------------------------------------------------
-
-
-class _MLPHidden(nn.Module):
-    """``m{L}.in -> m{L}.post``: the block's MLP norm, input projection and activation."""
-
-    def __init__(self, norm: nn.Module, up: nn.Module, act: Callable, gate: nn.Module | None):
-        super().__init__()
-        self.norm, self.up, self.gate = norm, up, gate
-        self.act = act
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.norm(x)
-        if self.gate is None:
-            return self.act(self.up(h))
-        return self.act(self.gate(h)) * self.up(h)
-
-
-class _WithResidual(nn.Module):
-    """``r -> [r, hidden(r)]`` (concatenated node layer) or ``[r, h] -> r + out(h)``."""
-
-    def __init__(self, inner: nn.Module, d_model: int, into: bool) -> None:
-        super().__init__()
-        self.inner, self.d_model, self.into = inner, d_model, into
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.into:
-            return torch.cat([x, self.inner(x)], dim=-1)
-        return x[:, : self.d_model] + self.inner(x[:, self.d_model :])
-
-
-def transformer_mlp(
-    model: Any, prompts: Any, layer: int, *, residual: bool = False
-) -> tuple[list[nn.Module], Tensor, list[str]]:
-    """The MLP of one transformer block as sections for :meth:`InteractionBasis.fit`.
-
-    Parameters
-    ----------
-    model : TransformerModel
-        A loaded model (``interp.load_model``); GPT-2 style (``act(W_in x)``) and gated
-        (``act(W_gate x) * W_in x``) MLPs after a norm, in sequential blocks.
-    prompts : str or list of str or token tensor
-        The data set: every (prompt, position) pair is one data point.
-    layer : int
-        The block.
-    residual : bool
-        ``False``: node layers ``m{L}.in`` (the MLP's input, before its norm), ``m{L}.post``
-        (the hidden layer) and ``m{L}`` (the MLP's output). ``True``: the residual stream
-        around the MLP, ``r{L}.mid``, then ``r{L}.mid`` and ``m{L}.post`` concatenated, then
-        ``r{L}.post`` (the skip connection passes through the middle node layer).
-
-    Returns
-    -------
-    sections : list of nn.Module
-        Two sections (float64 copies of the model's modules), checked against the model's own
-        activations at the sites on ``prompts``.
-    x : tensor (prompts * positions, d_model), float64
-        The first node layer's activations, one row per (prompt, position).
-    sites : list of str
-        The node layers' site names.
-
-    Examples
-    --------
-    >>> from interp import load_model
-    >>> sections, x, sites = transformer_mlp(load_model("tiny-gpt2"), ["Mary and John"], 0)
-    >>> sites, tuple(x.shape)
-    (['m0.in', 'm0.post', 'm0'], (4, 64))
-    """
-    spec = getattr(model, "spec", None)
-    if spec is None or not hasattr(model, "bridge"):
-        raise InterpError(
-            f"transformer_mlp needs a loaded transformer (interp.load_model); got "
-            f"{type(model).__name__}."
-        )
-    if not 0 <= layer < spec.n_layers:
-        raise InterpError(f"layer must be in 0..{spec.n_layers - 1}; got {layer}.")
-    if spec.parallel_attn_mlp:
-        raise InterpError("transformer_mlp needs sequential blocks (attention, then the MLP).")
-    block = model.bridge.blocks[layer]
-    mlp = block.mlp
-    children = dict(mlp.named_children())
-    original = getattr(mlp, "_original_component", None)
-    act = getattr(original, "act", None) or getattr(original, "act_fn", None)
-    if "in" not in children or "out" not in children or act is None:
-        raise InterpError(
-            f"Block {layer}'s MLP ({type(original).__name__}) has no in/out projections and "
-            "activation that transformer_mlp recognises."
-        )
-    hidden = _MLPHidden(block.ln2, children["in"], act, children.get("gate"))
-    sections: list[nn.Module] = [hidden, children["out"]]
-    names = [f"m{layer}.in", f"m{layer}.post", f"m{layer}"]
-    if residual:
-        sections = [
-            _WithResidual(hidden, spec.d_model, True),
-            _WithResidual(children["out"], spec.d_model, False),
-        ]
-        names = [f"r{layer}.mid", f"r{layer}.mid+m{layer}.post", f"r{layer}.post"]
-    sections = [copy.deepcopy(s).to(F64).eval().requires_grad_(False) for s in sections]
-    sites = [f"r{layer}.mid", f"m{layer}.in", f"m{layer}.post", f"m{layer}", f"r{layer}.post"]
-    _, cache = model.run_with_cache(prompts, sites)
-    flat = {k: cache[k].reshape(-1, cache[k].shape[-1]).to(F64) for k in sites}
-    x = flat[f"r{layer}.mid"] if residual else flat[f"m{layer}.in"]
-    wanted = [flat[f"m{layer}.post"], flat[f"m{layer}"]]
-    if residual:
-        wanted = [torch.cat([x, wanted[0]], 1), flat[f"r{layer}.post"]]
-    with torch.no_grad():
-        got = sections[0](x)
-        for k, (value, target) in enumerate(((got, wanted[0]), (sections[1](got), wanted[1]))):
-            err = float((value - target).abs().max())
-            if err > 1e-3 * (1 + float(target.abs().max())):
-                raise InterpError(
-                    f"transformer_mlp rebuilt block {layer}'s MLP but section {k} misses the "
-                    f"model's activations at {names[k + 1]!r} by {err:.2g}; this architecture's "
-                    "MLP is not supported. Pass your own sections to InteractionBasis.fit."
-                )
-    return sections, x, names

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
+from sklearn.base import BaseEstimator
 from torch import Tensor, nn
 
-from interp import InterpError, ShapeError
-from interp._frozen import check_linearisable, frozen_gains
+from interp import InterpError, ShapeError, check_linearisable, frozen_gains
+
+from ._base import model_input
 
 __all__ = [
     "LinearInterpretation",
@@ -29,13 +31,45 @@ __all__ = [
 MAX_MATRIX_ENTRIES = 50_000_000
 
 
-class LinearScope:
+class _Scope(BaseEstimator):
+    """What the two scopes share: an estimator constructed on the model it reads, that learns
+    nothing (the linear map depends on the input, so :meth:`interpret` does the work).
+
+    Like scikit-learn's stateless transformers (``Normalizer``), ``fit`` only validates and
+    returns ``self``, and ``interpret`` works without it. ``sklearn.base.clone`` gives a new
+    scope on the *same* model object: the model is what is looked at, not a hyperparameter, and
+    deep-copying a transformer would double its memory.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def _check_model(self) -> None:
+        raise NotImplementedError
+
+    def fit(self, x: object = None, y: object = None) -> _Scope:
+        """Check that the model can be read (nothing is learned); return ``self``."""
+        self._check_model()
+        return self
+
+    def __sklearn_clone__(self) -> _Scope:
+        return type(self)(self.model)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        return tags
+
+
+class LinearScope(_Scope):
     """Linear interpreters of a plain torch network.
 
     Parameters
     ----------
     model : nn.Module
-        In eval mode; maps a batch of inputs to a batch of output vectors.
+        In eval mode; maps a batch of inputs to a batch of output vectors. Checked when used
+        (:meth:`interpret`, :meth:`fit`): every leaf module must have a known linear
+        interpretation.
 
     Examples
     --------
@@ -45,21 +79,27 @@ class LinearScope:
     True
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        if not isinstance(model, nn.Module):
-            raise InterpError(f"LinearScope reads a torch.nn.Module; got {type(model).__name__}.")
-        check_linearisable(model)
-        self.model = model
-
-    def interpret(self, x0: Tensor) -> LinearInterpretation:
-        """The linear interpretation at one input ``x0`` (shape of one example)."""
+    def _check_model(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise InterpError(
+                f"LinearScope reads a torch.nn.Module; got {type(self.model).__name__}."
+            )
+        check_linearisable(self.model)
         if self.model.training:
             raise InterpError("LinearScope needs the model in eval mode: call model.eval().")
+
+    def interpret(self, x0: Tensor) -> LinearInterpretation:
+        """The linear interpretation at one input ``x0`` (shape of one example).
+
+        ``x0`` is cast to the model's parameter dtype and moved to its device, as every
+        analysis does with floating inputs.
+        """
+        self._check_model()
         if not isinstance(x0, Tensor) or not x0.is_floating_point():
             raise ShapeError("x0 must be a floating-point tensor shaped like one example.")
         if not torch.isfinite(x0).all():
             raise ShapeError("x0 contains NaN or infinite values.")
-        x0 = x0.detach()
+        x0 = model_input(self.model, x0.detach())
         with torch.no_grad():
             output = self.model(x0[None])
         if output.ndim != 2 or output.shape[0] != 1:
@@ -267,12 +307,17 @@ def _unit_sums(a: Tensor) -> Tensor:
     return a if a.ndim == 1 else a.flatten(1).sum(1)
 
 
-class TransformerLinearScope:
+class TransformerLinearScope(_Scope):
     """The linear map from input embeddings to one position's logits, gains frozen at a prompt.
 
     Norm scales, activation gains and attention patterns are held at their values for the
     prompt (the ``relp-ah`` rule set, which is exactly that linearisation), so a logit is
     ``A(x0)[k] . embeddings + c_k`` and each token's share of it can be read off.
+
+    Parameters
+    ----------
+    model : TransformerModel
+        From :func:`interp.load_model`; checked when used (:meth:`interpret`, :meth:`fit`).
 
     Examples
     --------
@@ -282,15 +327,18 @@ class TransformerLinearScope:
     torch.Size([15])
     """
 
-    def __init__(self, model) -> None:
+    def _check_model(self) -> None:
         from interp import TransformerModel
 
-        if not isinstance(model, TransformerModel):
-            raise InterpError("TransformerLinearScope reads a model from interp.load_model.")
-        self.model = model
+        if not isinstance(self.model, TransformerModel):
+            raise InterpError(
+                "TransformerLinearScope reads a model from interp.load_model; got "
+                f"{type(self.model).__name__}."
+            )
 
     def interpret(self, prompt, position: int = -1) -> TransformerInterpretation:
         """Linearise the model at ``prompt`` (text or token ids) for the logits at ``position``."""
+        self._check_model()
         tokens = self.model.prepare(prompt)
         if tokens.shape[0] != 1:
             raise ShapeError("interpret reads one prompt at a time.")

@@ -365,8 +365,10 @@ def test_bad_inputs_are_rejected_with_a_message() -> None:
         NeuronAlignment().fit(bad, b)
     with pytest.raises(ShapeError, match="NaN"):
         mutual_information_matrix(a, torch.full((20, 2), float("inf")))
-    with pytest.raises(InterpError, match="Unknown method"):
+    with pytest.raises(InterpError, match="method must be one of .*got 'cosine'"):
         NeuronAlignment(method="cosine").fit(a, b)
+    with pytest.raises(InterpError, match="Did you mean 'correlation'"):
+        NeuronAlignment(method="corelation").fit(a, b)
     with pytest.raises(InterpError, match="bins"):
         mutual_information_matrix(a, b, bins=1)
     with pytest.raises(InterpError, match="alphas"):
@@ -387,6 +389,21 @@ def test_bad_inputs_are_rejected_with_a_message() -> None:
         fitted.to_graph("r")
     with pytest.raises(InterpError, match="Name a layer"):
         fitted.order()
+
+
+def test_layers_may_be_submodule_indices() -> None:
+    net = mlp(6, [5, 5], 2, seed=0)
+    x = randn(100, 6, seed=36).float()
+    by_path = NeuronAlignment(layers=["1", ("1", "3")], shuffle=False).fit(net, net, x)
+    by_index = NeuronAlignment(layers=[1, (1, 3)], shuffle=False).fit(net, net, x)
+    assert by_index.layers_ == by_path.layers_ == ["1", "1|3"]
+    for name in by_path.layers_:
+        assert torch.equal(by_index.correlation_[name], by_path.correlation_[name])
+    with pytest.raises(UnknownSiteError, match="'7'"):  # no submodule 7: the site error
+        NeuronAlignment(layers=[7]).fit(net, net, x)
+    for bad in ([1.5], [("1", "3", "4")], [True], [None]):
+        with pytest.raises(InterpError, match="layers must list module paths"):
+            NeuronAlignment(layers=bad).fit(net, net, x)
 
 
 def test_two_different_layers_of_one_network() -> None:

@@ -301,8 +301,10 @@ def test_bad_inputs_are_rejected_with_a_message(xor_net) -> None:
         NeuralCodes().fit(net, bad, y)
     with pytest.raises(ShapeError, match="one label per example"):
         NeuralCodes().fit(net, x, y[:-1])
-    with pytest.raises(InterpError, match="Unknown metrics"):
+    with pytest.raises(InterpError, match="metrics must be one of .*got 'svm'"):
         NeuralCodes(metrics=["svm"]).fit(net, x, y)
+    with pytest.raises(InterpError, match="Did you mean 'kmeans'"):
+        NeuralCodes(metrics="kmean").fit(net, x, y)
     with pytest.raises(InterpError, match="No ReLU-like module"):
         NeuralCodes().fit(nn.Sequential(nn.Linear(2, 3), nn.Tanh()), x)
     with pytest.raises(InterpError, match="layers must name submodules"):
@@ -455,3 +457,25 @@ def test_phase_chart_sweeps_and_plots() -> None:
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "16"]
     with pytest.raises(InterpError, match="no column"):
         plot_phase_chart(chart, "nope")
+
+
+def test_a_misspelt_metric_fails_before_any_network_is_trained(monkeypatch) -> None:
+    import analysis._experiments as kit
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the metrics")
+
+    monkeypatch.setattr(kit, "train", no_training)
+    with pytest.raises(InterpError, match="metrics must be one of .*Did you mean 'logistic'"):
+        codes_phase_chart(xor_clusters(40), widths=[2], epochs=[5], metrics=["knn", "logistc"])
+
+
+def test_transform_and_predict_write_nothing(xor_net) -> None:
+    net, data = xor_net
+    codes = NeuralCodes(metrics=["knn"]).fit(net, data.x_train, data.y_train)
+    before = dict(vars(codes))
+    codes.transform(data.x_test)
+    codes.predict(data.x_test)
+    # no attribute rebound, added or removed (transform used to rewrite its fitted state)
+    assert vars(codes).keys() == before.keys()
+    assert all(vars(codes)[k] is v for k, v in before.items())

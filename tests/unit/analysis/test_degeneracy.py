@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -205,8 +206,27 @@ def test_synchronised_groups_brute_force() -> None:
 def test_errors() -> None:
     net, x = built()
     with pytest.raises(InterpError, match="nn.Sequential"):
-        degeneracy_report([net], x)
+        degeneracy_report(nn.Conv1d(1, 1, 1), x)
     with pytest.raises(InterpError, match="features"):
         degeneracy_report(net, x[:, :3])
     with pytest.raises(InterpError, match="hamming"):
         synchronised_groups(np.ones((3, 2), dtype=bool), hamming=1.5)
+
+
+def test_accepts_the_sections_interaction_basis_accepts() -> None:
+    net, x = built()
+    whole = degeneracy_report(net, x).frame
+    # the same network as a list of sections (what InteractionBasis.fit also takes)
+    listed = degeneracy_report([net[:2], net[2]], x).frame
+    pd.testing.assert_frame_equal(listed, whole)
+    # a section that is any callable has no weight matrix or pre-activations to read
+    relu_linear, last = net[:2], net[2]
+    report = degeneracy_report([lambda f: relu_linear(f), last], x)
+    frame = report.frame.set_index("layer")
+    shared = ["width", "gram_rank", "gram_null", "dead", "constant", "duplicated"]
+    pd.testing.assert_frame_equal(frame[shared], whole.set_index("layer")[shared])
+    assert frame.loc[:1, "jacobian_rank"].tolist() == whole.jacobian_rank[:2].tolist()
+    assert pd.isna(frame.loc[0, "params"]) and pd.isna(frame.loc[1, "sync_groups"])
+    assert frame.loc[1, "params"] == whole.params[1]  # the Linear section is still counted
+    assert report.groups[1] == []
+    InteractionBasis().fit([lambda f: relu_linear(f), last], x)  # the same inputs

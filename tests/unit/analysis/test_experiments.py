@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from analysis import cnn, mlp
+from analysis import cnn, digits, mlp, train
+from interp import InterpError
 
 
 def test_builders_are_seeded_and_leave_the_global_rng_alone() -> None:
@@ -21,3 +23,10 @@ def test_builders_are_seeded_and_leave_the_global_rng_alone() -> None:
             torch.equal(x, z)
             for x, _, z in zip(a.parameters(), b.parameters(), c.parameters(), strict=True)
         )
+
+
+def test_option_words_are_checked_with_a_suggestion() -> None:
+    with pytest.raises(InterpError, match="activation must be one of .*Did you mean 'relu'"):
+        mlp(4, [8], 2, activation="rellu")
+    with pytest.raises(InterpError, match="optimizer must be one of .*Did you mean 'adam'"):
+        train(mlp(64, [8], 10), digits(image=False), optimizer="adm")

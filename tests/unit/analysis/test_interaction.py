@@ -588,3 +588,50 @@ def test_truncation_must_be_positive_and_null_directions_are_dropped(toy) -> Non
     assert ib.gram_rank_[0] == 6
     assert ib.kept_[0] <= 6
     assert float(ib.lambdas_[0].min()) > 1e-12 * float(ib.lambdas_[0].max())
+
+
+def test_default_ablation_schedule_keeps_the_constant_direction() -> None:
+    net, sections = callables_over_parameters()
+    x = data(300, 4)
+    y = net.double()(x).argmax(-1)
+    centred = InteractionBasis(centre=True).fit(sections, x)
+    # the default schedule used to start at 0 kept directions: ablating the constant direction
+    # too, which callable sections refuse with advice to centre (as this basis already is)
+    curve = centred.ablation_curve(x, y, layer=1)
+    assert curve.n_kept.iloc[0] == 1 and curve.n_kept.iloc[-1] == centred.kept_[1]
+    assert curve.score.iloc[-1] == 1.0
+    with pytest.raises(InterpError, match=r"1\.\.\d+ \(node layer 1 has a constant direction"):
+        centred.ablation_curve(x, y, layer=1, schedule=[0, 2])
+    # edges of the constant directions are always kept and not counted: 0 is a valid count
+    assert centred.ablation_curve(x, y, layer=0, kind="edge").n_kept.iloc[0] == 0
+    # without a constant direction, nothing kept is a valid point of the curve
+    uncentred = InteractionBasis().fit(net.double(), x)
+    assert uncentred.ablation_curve(x, y, layer=1).n_kept.iloc[0] == 0
+
+
+def test_option_words_are_checked_with_a_suggestion(toy) -> None:
+    net, x, _, _ = toy
+    y = net(x).argmax(-1)
+    with pytest.raises(InterpError, match="jacobian must be one of .*Did you mean 'output'"):
+        InteractionBasis(jacobian="outputs").fit(net, x)
+    ib = InteractionBasis().fit(net, x)
+    with pytest.raises(InterpError, match="kind must be one of .*Did you mean 'edge'"):
+        ib.ablation_curve(x, y, layer=1, kind="edges")
+    with pytest.raises(InterpError, match="metric .*Did you mean 'accuracy'"):
+        ib.ablation_curve(x, y, layer=1, metric="acuracy")
+    with pytest.raises(InterpError, match="metric .*Did you mean 'loss'"):
+        ib.edges_required(x, y, layer=0, metric="los")
+    with pytest.raises(InterpError, match="norm must be one of .*Did you mean 'sqrt'"):
+        ib.modularity(norm="sqr")
+    with pytest.raises(InterpError, match="norm must be one of"):
+        compare_bases(ib, "not a basis", norm="sqr")  # checked before any basis is read
+
+
+def test_transformer_mlp_reads_the_bridge_through_its_public_component(
+    tiny_llama, tiny_gpt2
+) -> None:
+    # the bridge exposes the Hugging Face module it wraps as `original_component`
+    for model, kind in ((tiny_llama, "LlamaMLP"), (tiny_gpt2, "GPT2MLP")):
+        assert type(model.bridge.blocks[0].mlp.original_component).__name__ == kind
+        sections, x, sites = transformer_mlp(model, ["Mary and John"], 0)
+        assert sites == ["m0.in", "m0.post", "m0"] and len(sections) == 2

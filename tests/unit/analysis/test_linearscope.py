@@ -31,6 +31,15 @@ def test_matches_the_hand_built_linearisation() -> None:
     assert count_hooks(net) == 0
 
 
+def test_inputs_are_cast_to_the_model_dtype() -> None:
+    net = tanh_mlp()  # float64, like every estimator's model: float32 inputs are cast to it
+    x0 = torch.randn(5)
+    lin = LinearScope(net).interpret(x0)
+    assert lin.x0.dtype == lin.output.dtype == torch.float64
+    torch.testing.assert_close(lin.output, net(x0.double()[None])[0].detach())
+    torch.testing.assert_close(lin.apply(lin.x0) + lin.bias, lin.output)
+
+
 def test_piecewise_linear_cnn_is_its_jacobian() -> None:
     torch.manual_seed(1)
     net = (
@@ -75,8 +84,8 @@ def test_errors() -> None:
         lin.apply(torch.randn(4, dtype=torch.float64))
     with pytest.raises(ShapeError, match="Output index"):
         lin.row(3)
-    with pytest.raises(InterpError, match="module '2' of type Softmax"):
-        LinearScope(nn.Sequential(nn.Linear(5, 3), nn.ReLU(), nn.Softmax(-1)))
+    with pytest.raises(InterpError, match="module '2' of type Softmax"):  # checked when used
+        LinearScope(nn.Sequential(nn.Linear(5, 3), nn.ReLU(), nn.Softmax(-1))).fit()
     with pytest.raises(InterpError, match="eval mode"):
         LinearScope(net.train()).interpret(torch.randn(5, dtype=torch.float64))
 
