@@ -15,7 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp import CircuitGraph, InterpError, TransformerModel, did_you_mean
+from interp import (
+    RULE_SETS,
+    CircuitGraph,
+    InterpError,
+    TransformerModel,
+    did_you_mean,
+    gradient_rules,
+)
 
 from ._attribution import edge_attribution, node_attribution
 from ._edges import exact_edge_scores
@@ -68,7 +75,9 @@ def discover(
     model : TransformerModel
     task : Task
     method : str
-        ``activation-patching``, ``atp``, ``eap``, ``eap-ig`` (see ``METHODS``).
+        ``activation-patching``, ``atp``, ``eap``, ``eap-ig``, ``clean-corrupted``, ... (see
+        ``METHODS``); the name of any transformer rule set in ``interp.RULE_SETS`` runs RelP
+        under it.
     level : {"edge", "node"}
     **options
         Passed to the method (``direction``, ``ig_steps``, ...).
@@ -86,6 +95,8 @@ def discover(
     >>> circuit = graph.top(20)
     """
     entry = METHODS.get(method)
+    if entry is None and isinstance(method, str) and method in RULE_SETS:
+        entry = _relp_entry(method)  # a rule set registered after this module was imported
     if entry is None:
         raise InterpError(
             f"Unknown method {method!r}; registered: {', '.join(METHODS)}."
@@ -275,26 +286,30 @@ def _clean_corrupted(
 
 
 def _relp(rule_set: str) -> Method:
-    def method(model: TransformerModel, task: Task, level: str, **options: Any) -> CircuitGraph:
-        from interp import gradient_rules
+    """RelP under one of interp's transformer rule sets (``interp.RULE_SETS``)."""
 
+    def method(model: TransformerModel, task: Task, level: str, **options: Any) -> CircuitGraph:
         def rules(m: TransformerModel) -> Any:
             return gradient_rules(m, rule_set)
 
-        if level == "node":
-            graph = node_attribution(model, None, task, gradient_rules=rules, **options)
-        else:
-            graph = edge_attribution(model, None, task, gradient_rules=rules, **options)
-        return graph.copy(meta={**graph.meta, "rules": rule_set, "experimental": level == "edge"})
+        score = node_attribution if level == "node" else edge_attribution
+        graph = score(model, None, task, gradient_rules=rules, **options)
+        graph.meta.update(rules=rule_set, experimental=level == "edge")
+        return graph
 
     return method
 
 
-for _name, _description in (
-    ("relp", "relevance patching: AtP with LRP coefficients (LN, Identity, Half rules)"),
-    ("relp-ah", "RelP with the AH rule too (attention weights constant, CP-LRP)"),
-    ("attnlrp", "RelP with AttnLRP's attention rule (q, k gradients / 4, v / 2)"),
-):
-    register_method(
-        _name, levels=("node", "edge"), description=_description + "; edge level is experimental"
-    )(_relp({"relp": "relp", "relp-ah": "relp-ah", "attnlrp": "attnlrp"}[_name]))
+def _relp_entry(rule_set: str) -> MethodEntry:
+    description = RULE_SETS[rule_set].description or f"RelP under the rule set {rule_set!r}"
+    return MethodEntry(
+        rule_set,
+        _relp(rule_set),
+        ("node", "edge"),
+        f"RelP: AtP with LRP coefficients, {description}; edge level is experimental",
+    )
+
+
+# every transformer rule set is a RelP method; sets registered later are found by discover()
+for _name in RULE_SETS:
+    METHODS.setdefault(_name, _relp_entry(_name))

@@ -17,7 +17,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from interp import InterpError, ShapeError, TransformerModel, gradient_rules
+from interp import (
+    RULE_SETS,
+    InterpError,
+    ShapeError,
+    TransformerModel,
+    check_option,
+    gradient_rules,
+)
 
 from ._attribution import attribution_patching
 from ._patching import (
@@ -30,9 +37,13 @@ from ._patching import (
 )
 from ._tasks import Task
 
-__all__ = ["ESTIMATES", "Refined", "refined_patching"]
+__all__ = ["Refined", "estimates", "refined_patching"]
 
-ESTIMATES = ("atp", "relp", "relp-ah", "attnlrp")
+
+def estimates() -> tuple[str, ...]:
+    """First stages :func:`refined_patching` takes by name: ``atp`` and RelP under every
+    transformer rule set of ``interp.RULE_SETS``."""
+    return ("atp", *RULE_SETS)
 
 
 class Refined(NamedTuple):
@@ -66,7 +77,7 @@ def refined_patching(
     budget : float
         Share (0 to 1) of the cost of patching every cell to spend on exact patching; 0 gives
         the estimate, 1 activation patching.
-    estimate : {"atp", "relp", "relp-ah", "attnlrp"} or Tensor
+    estimate : {"atp", "relp", "relp-ah", "attnlrp", ...} or Tensor
         The first stage: AtP, or RelP under a rule set, or estimates already computed (same
         shape and meaning as activation patching's result: the metric of the patched run).
 
@@ -134,10 +145,7 @@ def _first_stage(
 ) -> Tensor:
     if isinstance(estimate, Tensor):
         return estimate
-    if estimate not in ESTIMATES:
-        raise InterpError(
-            f"estimate must be one of {list(ESTIMATES)} or a tensor; got {estimate!r}."
-        )
+    check_option("estimate", estimate, estimates())
     rules = None if estimate == "atp" else (lambda m: gradient_rules(m, estimate))
     return attribution_patching(
         model, task, component, per_position=per_position, direction=direction, gradient_rules=rules

@@ -76,3 +76,23 @@ def test_clean_corrupted_averages_the_gradients_of_both_runs(tiny_gpt2, level: s
     assert torch.equal(scored, ~ours.isnan())
     assert torch.allclose(ours[scored], expected[scored], atol=1e-5, rtol=1e-4)
     assert both.meta["ig_alphas"] == [0.0, 1.0]
+
+
+def test_a_rule_set_registered_later_is_a_relp_method(tiny_gpt2, monkeypatch) -> None:
+    from circuits._refined import estimates
+
+    monkeypatch.setattr(interp._rule_core, "_COMPOSITES", dict(interp._rule_core._COMPOSITES))
+    interp.register_composite("relp-ln-only", ("ln",), description="the LN rule alone")
+    assert "relp-ln-only" in estimates()
+    task = ioi_task(tiny_gpt2, 2, seed=0)
+    graph = discover(tiny_gpt2, task, "relp-ln-only", "node")
+    # the same scores as node attribution under those rules, called directly
+    direct = interp.CircuitGraph.from_model(tiny_gpt2)
+    from circuits import node_attribution
+
+    direct = node_attribution(
+        tiny_gpt2, direct, task, gradient_rules=lambda m: interp.gradient_rules(m, ("ln",))
+    )
+    assert torch.equal(graph.node_scores.isnan(), direct.node_scores.isnan())  # NaN != NaN
+    assert torch.allclose(graph.node_scores.nan_to_num(), direct.node_scores.nan_to_num())
+    assert graph.meta["rules"] == "relp-ln-only"
