@@ -296,5 +296,11 @@ def node_attribution(
         method="atp" if len(alphas) == 1 else "ig-nodes",
         metric=task.metric_name,
         task=task.name,
-        meta={**graph.meta, "direction": direction, "ig_steps": len(alphas), "ig_alphas": list(alphas), "n_prompts": n},
+        meta={
+            **graph.meta,
+            "direction": direction,
+            "ig_steps": len(alphas),
+            "ig_alphas": list(alphas),
+            "n_prompts": n,
+        },
     )
