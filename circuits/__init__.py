@@ -2,9 +2,10 @@
 
 Tasks (:func:`ioi_task`, :func:`task_from_jsonl`), activation patching (:func:`activation_patching`;
 estimators between it and AtP: :func:`lookahead_patching`, :func:`refined_patching`),
-edge patching and faithfulness (:func:`edge_patching`, :func:`faithfulness`), the gradient
-methods AtP / EAP / EAP-IG (:func:`attribution_patching`, :func:`edge_attribution`,
-:func:`node_attribution`), and :func:`discover`, which looks methods up by name.
+edge patching and faithfulness (:func:`edge_patching`, :func:`faithfulness`; MIB's sweep of
+circuit sizes with CPR and CMD: :func:`evaluate`), the gradient methods AtP / EAP / EAP-IG
+(:func:`attribution_patching`, :func:`edge_attribution`, :func:`node_attribution`), and
+:func:`discover`, which looks methods up by name.
 """
 
 from __future__ import annotations
@@ -19,12 +20,22 @@ from ._edges import (
     plot_faithfulness,
     prepare_edge_model,
 )
+from ._evaluate import (
+    MIB_FRACTIONS,
+    Evaluation,
+    evaluate,
+    faithfulness_areas,
+    plot_evaluations,
+    select_circuit,
+)
 from ._patching import activation_patching, lookahead_patching, patching_costs
 from ._refined import Refined, refined_patching
-from ._tasks import Task, TaskError, ioi_task, task_from_jsonl, task_from_pairs
+from ._tasks import Task, TaskError, ioi_split, ioi_task, task_from_jsonl, task_from_pairs
 
 __all__ = [
     "METHODS",
+    "MIB_FRACTIONS",
+    "Evaluation",
     "Refined",
     "Task",
     "TaskError",
@@ -34,16 +45,21 @@ __all__ = [
     "discover",
     "edge_attribution",
     "edge_patching",
+    "evaluate",
     "exact_edge_scores",
     "faithfulness",
+    "faithfulness_areas",
     "faithfulness_curve",
+    "ioi_split",
     "ioi_task",
     "node_attribution",
     "patching_costs",
+    "plot_evaluations",
     "plot_faithfulness",
     "prepare_edge_model",
     "refined_patching",
     "register_method",
+    "select_circuit",
     "task_from_jsonl",
     "task_from_pairs",
 ]

@@ -6,8 +6,10 @@ forward pass each reader's input becomes (EAP-IG's evaluation, ACDC's edge patch
 
     x_v = x_v  +  sum over patched edges (u -> v) of  (a_u^source - a_u^current)
 
-Faithfulness of a circuit C runs the clean prompts with every edge outside C patched to its
-corrupted (or mean) activation: ``(m(C) - m(corrupt)) / (m(clean) - m(corrupt))``.
+Faithfulness of a circuit C runs the clean prompts with every edge outside C ablated: patched
+to its corrupted activation, to the mean corrupted activation, or to zero. It is
+``(m(C) - m(empty)) / (m(clean) - m(empty))``, where the empty circuit has every edge ablated (for
+corrupted patching that is the corrupted run).
 """
 
 from __future__ import annotations
@@ -33,11 +35,17 @@ from ._options import Ablation, Direction, Level, Run, Source, check_option
 from ._tasks import Task
 
 __all__ = [
+    "PASS_BYTES",
+    "baselines",
+    "check_layout",
+    "circuit_metrics",
+    "default_masks_per_pass",
     "edge_patching",
+    "exact_edge_scores",
     "faithfulness",
     "faithfulness_curve",
-    "exact_edge_scores",
-    "check_layout",
+    "normalised",
+    "plot_faithfulness",
     "prepare_edge_model",
 ]
 
@@ -65,9 +73,12 @@ def _writer_sites(layout: GraphLayout) -> list[str]:
 
 
 def _source_writers(
-    model: TransformerModel, layout: GraphLayout, task: Task, source: str, copies: int
+    model: TransformerModel, layout: GraphLayout, task: Task, source: str
 ) -> dict[str, Tensor]:
-    """Writer activations of the source run, stacked ``copies`` times along the batch."""
+    """Writer activations of the source run, one row per prompt; empty for ``zero`` (a writer
+    without a source activation is patched to zero)."""
+    if source == "zero":
+        return {}
     tokens = {"clean": task.clean, "corrupt": task.corrupt, "mean": task.corrupt}[source]
     _, cache = model.run_with_cache(tokens, _writer_sites(layout))
     out = {}
@@ -80,7 +91,7 @@ def _source_writers(
                     "have the same length; use one template (template_ids=[...])."
                 )
             acts = acts.mean(0, keepdim=True).expand_as(acts)
-        out[site] = acts.repeat(copies, *([1] * (acts.ndim - 1)))
+        out[site] = acts
     return out
 
 
@@ -91,6 +102,8 @@ class _EdgePatcher:
     def __init__(
         self, layout: GraphLayout, patched: Tensor, source: dict[str, Tensor], n: int
     ) -> None:
+        # source: each writer site's activations for the n prompts (shared by every copy);
+        # a site missing from it is patched to zero
         self.layout, self.patched, self.source, self.n = layout, patched, source, n
         self.copies = patched.shape[0]
         self.deltas: Tensor | None = None  # (copies * n, pos, writers, d_model)
@@ -106,7 +119,9 @@ class _EdgePatcher:
 
     def _writer(self, group: WriterGroup) -> Callable[[Tensor, Site], None]:
         def record(x: Tensor, site: Site) -> None:
-            delta = self.source[group.site] - x
+            source = self.source.get(group.site)
+            per_copy = x.view(self.copies, self.n, *x.shape[1:])
+            delta = (-per_copy if source is None else source - per_copy).view_as(x)
             if self.deltas is None:
                 b, p, d = x.shape[0], x.shape[1], x.shape[-1]
                 self.deltas = x.new_zeros(b, p, self.layout.n_writers, d)
@@ -147,6 +162,19 @@ class _EdgePatcher:
         return correct
 
 
+PASS_BYTES = 512 * 2**20  # writer deltas one edge-patching pass may hold (about as much again
+# is copied transiently when readers gather them)
+
+
+def default_masks_per_pass(model: TransformerModel, task: Task, layout: GraphLayout) -> int:
+    """How many patch masks one forward pass carries by default: as many as keep the recorded
+    writer deltas (copies x prompts x positions x writers x d_model floats) under
+    :data:`PASS_BYTES` (two for SmolLM2-135M with 16 IOI prompts, in float32)."""
+    itemsize = next(model.bridge.parameters()).element_size()
+    per_copy = task.clean.numel() * layout.n_writers * model.spec.d_model * itemsize
+    return max(1, PASS_BYTES // per_copy)
+
+
 def edge_patching(
     model: TransformerModel,
     task: Task,
@@ -154,6 +182,8 @@ def edge_patching(
     *,
     run: Run = "clean",
     source: Source = "corrupt",
+    masks_per_pass: int | None = None,
+    progress: bool | None = False,
 ) -> Tensor:
     """The metric with chosen edges patched, for one or many masks at once.
 
@@ -166,13 +196,27 @@ def edge_patching(
         True where reader v must see writer u's source activation (layout order).
     run : {"clean", "corrupt"}
         The prompts that are run.
-    source : {"clean", "corrupt", "mean"}
+    source : {"clean", "corrupt", "mean", "zero"}
         Where patched writers' activations come from (``mean``: corrupted activations averaged
-        over prompts, per position).
+        over prompts, per position; ``zero``: zeros).
+    masks_per_pass : int, optional
+        Masks stacked into one forward pass (the source run is shared by all passes); by
+        default as many as fit in :data:`PASS_BYTES` of writer deltas.
+    progress : bool, optional
+        A bar over the passes (``None``: on a terminal).
 
     Returns
     -------
     Tensor of shape (copies,) (or a scalar for one mask): the mean logit difference.
+
+    Examples
+    --------
+    >>> model, layout = prepare_edge_model(load_model("tiny-gpt2"))
+    >>> task = ioi_task(model, 2)
+    >>> every = layout.to_matrix(torch.ones(len(layout.edge_src), dtype=torch.bool))
+    >>> corrupted = task.logit_diff(model(task.corrupt))  # every edge patched: the corrupted run
+    >>> abs(float(edge_patching(model, task, every) - corrupted)) < 1e-5
+    True
     """
     check_option("run", run, Run)
     check_option("source", source, Source)
@@ -184,19 +228,32 @@ def edge_patching(
     layout = GraphLayout.of(model.spec)
     single = patched.ndim == 2
     patched = patched[None] if single else patched
-    if patched.shape[1:] != (layout.n_readers, layout.n_writers):
+    if patched.ndim != 3 or patched.shape[1:] != (layout.n_readers, layout.n_writers):
         raise InterpError(
-            f"patched must have shape (readers={layout.n_readers}, writers={layout.n_writers}); "
-            f"got {tuple(patched.shape[1:])}."
+            f"patched must have shape (readers={layout.n_readers}, writers={layout.n_writers}) "
+            f"or (copies, readers, writers); got {tuple(patched.shape)}."
         )
-    copies, n = patched.shape[0], len(task)
+    if masks_per_pass is None:
+        masks_per_pass = default_masks_per_pass(model, task, layout)
+    if (
+        isinstance(masks_per_pass, bool)
+        or not isinstance(masks_per_pass, int)
+        or masks_per_pass < 1
+    ):
+        raise InterpError(f"masks_per_pass must be an int >= 1; got {masks_per_pass!r}.")
+    tokens = task.clean if run == "clean" else task.corrupt
+    values = []
     with torch.no_grad():
-        src = _source_writers(model, layout, task, source, copies)
-        tokens = (task.clean if run == "clean" else task.corrupt).repeat(copies, 1)
-        patcher = _EdgePatcher(layout, patched.bool(), src, n)
-        with model.hooks(patcher.hooks()):
-            logits = model(tokens)
-    values = task.logit_diff(logits, per_copy=True)
+        src = _source_writers(model, layout, task, source)
+        for start in progress_bar(
+            range(0, patched.shape[0], masks_per_pass), desc="edge patching", progress=progress
+        ):
+            chunk = patched[start : start + masks_per_pass].to(model.device, torch.bool)
+            patcher = _EdgePatcher(layout, chunk, src, len(task))
+            with model.hooks(patcher.hooks()):
+                logits = model(tokens.repeat(len(chunk), 1))
+            values.append(task.logit_diff(logits, per_copy=True).cpu())
+    values = torch.cat(values)
     return values[0] if single else values
 
 
@@ -218,6 +275,62 @@ def baselines(model: TransformerModel, task: Task) -> tuple[float, float]:
         )
 
 
+def circuit_metrics(
+    model: TransformerModel,
+    task: Task,
+    circuits: Sequence[CircuitGraph],
+    *,
+    ablation: Ablation = "corrupt",
+    masks_per_pass: int | None = None,
+    progress: bool | None = None,
+) -> tuple[Tensor, float, float]:
+    """The metric of each circuit with every edge outside it ablated, of the full model and of
+    the empty circuit: ``(m(C) per circuit, m(N), m(empty))``.
+
+    All circuits (already pruned: the in-graph edges between in-graph nodes are kept) and,
+    for mean and zero ablation, the empty circuit ride in as few edge-patching passes as
+    ``masks_per_pass`` allows; the baselines are computed once. Under corrupted patching the
+    empty circuit is the corrupted run.
+    """
+    check_option("ablation", ablation, Ablation)
+    model, layout = prepare_edge_model(model)
+    clean, corrupt = baselines(model, task)
+    masks = [_circuit_mask(layout, circuit) for circuit in circuits]
+    if ablation != "corrupt":  # the empty circuit: every edge ablated
+        masks.append(layout.to_matrix(torch.ones(len(layout.edge_src), dtype=torch.bool)))
+    if not masks:
+        return torch.zeros(0), clean, corrupt
+    values = edge_patching(
+        model,
+        task,
+        torch.stack(masks),
+        run="clean",
+        source=ablation,
+        masks_per_pass=masks_per_pass,
+        progress=progress,
+    )
+    if ablation == "corrupt":
+        return values, clean, corrupt
+    return values[:-1], clean, float(values[-1])
+
+
+def normalised(value: float, clean: float, empty: float) -> float:
+    """``(value - empty) / (clean - empty)``; NaN when clean and empty are equal."""
+    gap = clean - empty
+    return (value - empty) / gap if gap else float("nan")
+
+
+def _result(value: float, clean: float, empty: float, circuit: CircuitGraph) -> dict[str, float]:
+    return {
+        "faithfulness": normalised(value, clean, empty),
+        "metric": value,
+        "clean": clean,
+        "corrupt": empty,
+        "n_edges": circuit.n_edges_in_graph,
+        "n_nodes": circuit.n_nodes_in_graph,
+    }
+
+
 def faithfulness(
     model: TransformerModel,
     graph: CircuitGraph,
@@ -225,50 +338,32 @@ def faithfulness(
     *,
     ablation: Ablation = "corrupt",
 ) -> dict[str, float]:
-    """How much of the clean-vs-corrupted metric gap a circuit recovers.
+    """How much of the clean-vs-empty metric gap a circuit recovers.
 
-    Every edge outside the circuit (``graph``'s in-graph edges between in-graph nodes) is
-    patched to its corrupted activation (or the mean corrupted activation per position).
+    The circuit is ``graph``'s in-graph edges between in-graph nodes, pruned to those on a
+    path from input to logits. Every other edge is ablated: patched to its corrupted
+    activation (``corrupt``), to the mean corrupted activation per position (``mean``), or to
+    zero (``zero``).
 
     Returns
     -------
-    dict with ``faithfulness`` = (m(C) - m(corrupt)) / (m(clean) - m(corrupt)), ``metric``
-    m(C), ``clean``, ``corrupt``, ``n_edges``, ``n_nodes``.
+    dict with ``faithfulness`` = (m(C) - m(empty)) / (m(clean) - m(empty)), ``metric``
+    m(C), ``clean``, ``corrupt`` (m(empty): every edge ablated, which for ``corrupt`` is the
+    corrupted run), ``n_edges``, ``n_nodes`` (of the pruned circuit).
+
+    Examples
+    --------
+    >>> model = load_model("tiny-gpt2")
+    >>> task = ioi_task(model, 4)
+    >>> graph = discover(model, task, "eap")
+    >>> result = faithfulness(model, graph.top(20), task, ablation="zero")
+    >>> sorted(result)
+    ['clean', 'corrupt', 'faithfulness', 'metric', 'n_edges', 'n_nodes']
     """
     check_option("ablation", ablation, Ablation)
-    model, layout = prepare_edge_model(model)
-    clean, corrupt = baselines(model, task)
     circuit = graph.prune()
-    value = float(
-        edge_patching(
-            model,
-            task,
-            _circuit_mask(layout, circuit),
-            run="clean",
-            source="corrupt" if ablation == "corrupt" else "mean",
-        )
-    )
-    if ablation == "mean":
-        corrupt = float(
-            edge_patching(
-                model,
-                task,
-                _circuit_mask(
-                    layout, graph.copy(edge_in_graph=torch.zeros_like(graph.edge_in_graph))
-                ),
-                run="clean",
-                source="mean",
-            )
-        )
-    gap = clean - corrupt
-    return {
-        "faithfulness": (value - corrupt) / gap if gap else float("nan"),
-        "metric": value,
-        "clean": clean,
-        "corrupt": corrupt,
-        "n_edges": circuit.n_edges_in_graph,
-        "n_nodes": circuit.n_nodes_in_graph,
-    }
+    values, clean, empty = circuit_metrics(model, task, [circuit], ablation=ablation)
+    return _result(float(values[0]), clean, empty, circuit)
 
 
 def faithfulness_curve(
@@ -279,18 +374,40 @@ def faithfulness_curve(
     *,
     level: Level = "edge",
     ablation: Ablation = "corrupt",
+    masks_per_pass: int | None = None,
     progress: bool | None = None,
 ) -> object:
-    """Faithfulness of the top-k circuits of a scored graph for each k (a pandas DataFrame)."""
+    """Faithfulness of the top-k circuits of a scored graph for each k (a pandas DataFrame).
+
+    The circuits share one set of baselines and ride together in as few edge-patching passes
+    as ``masks_per_pass`` allows (see :func:`circuits.evaluate` for MIB's sweep over fractions
+    of the edges, with its areas CPR and CMD).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per size: ``k``, ``level`` and the keys of :func:`faithfulness`.
+
+    Examples
+    --------
+    >>> model = load_model("tiny-gpt2")
+    >>> task = ioi_task(model, 4)
+    >>> graph = discover(model, task, "eap")
+    >>> faithfulness_curve(model, graph, task, [5, 50], progress=False)["k"].tolist()
+    [5, 50]
+    """
     import pandas as pd
 
     check_option("level", level, Level)
     check_option("ablation", ablation, Ablation)
-    rows = []
-    for k in progress_bar(list(sizes), desc="faithfulness", progress=progress):
-        circuit = graph.top(int(k), level=level)
-        result = faithfulness(model, circuit, task, ablation=ablation)
-        rows.append({"k": int(k), "level": level, **result})
+    circuits = [graph.top(int(k), level=level) for k in sizes]
+    values, clean, empty = circuit_metrics(
+        model, task, circuits, ablation=ablation, masks_per_pass=masks_per_pass, progress=progress
+    )
+    rows = [
+        {"k": int(k), "level": level, **_result(float(value), clean, empty, circuit)}
+        for k, value, circuit in zip(sizes, values, circuits, strict=True)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -346,5 +463,6 @@ def exact_edge_scores(
         idx = torch.arange(start, min(start + edges_per_pass, len(w)))
         masks = torch.zeros(len(idx), layout.n_readers, layout.n_writers, dtype=torch.bool)
         masks[torch.arange(len(idx)), r[idx], w[idx]] = True
-        scores[idx] = edge_patching(model, task, masks, run=run, source=source).float() - base
+        patched = edge_patching(model, task, masks, run=run, source=source, masks_per_pass=len(idx))
+        scores[idx] = patched.float() - base
     return scores

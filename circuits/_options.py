@@ -7,11 +7,23 @@ from typing import Literal
 
 from interp import check_option
 
-__all__ = ["Ablation", "Component", "Direction", "Level", "Run", "Source", "check_option"]
+__all__ = [
+    "Ablation",
+    "Component",
+    "Direction",
+    "Level",
+    "Run",
+    "Selection",
+    "Source",
+    "Split",
+    "check_option",
+]
 
 Direction = Literal["denoising", "noising"]
-Ablation = Literal["corrupt", "mean"]
+Ablation = Literal["corrupt", "mean", "zero"]  # what an edge outside the circuit carries
 Level = Literal["edge", "node"]
 Component = Literal["heads", "attn", "mlp", "resid"]
 Run = Literal["clean", "corrupt"]  # the prompts edge patching runs
-Source = Literal["clean", "corrupt", "mean"]  # where patched activations come from
+Source = Literal["clean", "corrupt", "mean", "zero"]  # where patched activations come from
+Selection = Literal["top-abs", "top-signed", "greedy-abs", "greedy-signed"]  # circuit of size k
+Split = Literal["train", "test"]  # halves of the IOI data that share no template and no name

@@ -26,7 +26,9 @@ from torch.nn.utils.rnn import pad_sequence
 
 from interp import InterpError, TransformerModel, data_path, did_you_mean
 
-__all__ = ["Task", "TaskError", "ioi_task", "task_from_jsonl", "task_from_pairs"]
+from ._options import Split, check_option
+
+__all__ = ["Task", "TaskError", "ioi_split", "ioi_task", "task_from_jsonl", "task_from_pairs"]
 
 
 class TaskError(InterpError, ValueError):
@@ -291,6 +293,7 @@ def ioi_task(
     templates: str = "mixed",
     template_ids: Sequence[int] | None = None,
     prepend_bos: bool = True,
+    split: Split | None = None,
 ) -> Task:
     """Indirect-object identification prompts with the ABC corruption.
 
@@ -303,8 +306,15 @@ def ioi_task(
     templates : {"mixed", "BABA", "ABBA"}
         Which name order; "mixed" alternates.
     template_ids : sequence of int, optional
-        Use only these of the 15 templates (e.g. ``[0]`` for equal-length prompts).
+        Use only these of the 15 templates (e.g. ``[0]`` for equal-length prompts); with a
+        ``split``, only templates of that split.
     prepend_bos : bool
+    split : {"train", "test"}, optional
+        Draw from one half of the data, so that circuits found on ``train`` can be evaluated
+        on ``test`` prompts that share no template and no name with them: ``train`` has the
+        even-numbered templates and names (by their place in ``data/ioi.json``), ``test`` the
+        odd-numbered ones (:func:`ioi_split`). Places and objects are shared. ``None`` (the
+        default) uses everything.
 
     Returns
     -------
@@ -314,9 +324,13 @@ def ioi_task(
 
     Examples
     --------
-    >>> task = ioi_task(load_model("tiny-gpt2"), 4, template_ids=[0])
+    >>> model = load_model("tiny-gpt2")
+    >>> task = ioi_task(model, 4, template_ids=[0])
     >>> task.clean_text[0]  # doctest: +SKIP
     'Then, Jessica and Kelly went to the school. Jessica gave a ring to'
+    >>> train, test = ioi_task(model, 8, split="train"), ioi_task(model, 8, split="test")
+    >>> {p["template"] % 2 for p in train.meta["prompts"]}, train.meta["split"]
+    ({0}, 'train')
     """
     if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
         raise TaskError(f"n_prompts must be an int >= 1; got {n_prompts!r}.")
@@ -324,13 +338,18 @@ def ioi_task(
         raise TaskError(f"templates must be 'mixed', 'BABA' or 'ABBA'; got {templates!r}.")
     data = ioi_data()
     baba = data["baba_templates"]
-    ids = list(range(len(baba))) if template_ids is None else list(template_ids)
-    if not ids or any(not 0 <= i < len(baba) for i in ids):
-        raise TaskError(f"template_ids must be in 0..{len(baba) - 1}; got {template_ids!r}.")
-    names = [n for n in data["names"] if _single_token(model, " " + n) is not None]
+    allowed, names = ioi_split(split, data)
+    ids = list(allowed) if template_ids is None else list(template_ids)
+    if not ids or any(i not in allowed for i in ids):
+        which = f"the {split} split's templates" if split else "the templates"
+        raise TaskError(
+            f"template_ids must be among {which} {list(allowed)}; got {template_ids!r}."
+        )
+    names = [n for n in names if _single_token(model, " " + n) is not None]
     if len(names) < 5:
         raise TaskError(
-            f"Only {len(names)} of the IOI names are one token for this tokenizer; need 5."
+            f"Only {len(names)} of the IOI names{f' of the {split} split' if split else ''} "
+            "are one token for this tokenizer; need 5."
         )
     rng = random.Random(seed)
     clean, corrupt, answers, wrongs, meta_rows = [], [], [], [], []
@@ -367,5 +386,33 @@ def ioi_task(
         wrongs,
         name="ioi",
         prepend_bos=prepend_bos,
-        meta={"seed": seed, "templates": templates, "prompts": meta_rows, "n_names": len(names)},
+        meta={
+            "seed": seed,
+            "templates": templates,
+            "split": split,
+            "prompts": meta_rows,
+            "n_names": len(names),
+        },
     )
+
+
+def ioi_split(split: Split | None, data: dict[str, Any] | None = None) -> tuple[range, list[str]]:
+    """The template ids and the names of one split of the IOI data (all of them for ``None``).
+
+    Templates and names alternate between the splits by their place in ``data/ioi.json``
+    (``train``: even places, ``test``: odd places), so the two splits share none, and each
+    keeps templates from across the list.
+
+    Examples
+    --------
+    >>> train_ids, train_names = ioi_split("train")
+    >>> test_ids, test_names = ioi_split("test")
+    >>> list(train_ids)[:3], set(train_ids) & set(test_ids), set(train_names) & set(test_names)
+    ([0, 2, 4], set(), set())
+    """
+    if split is not None:
+        check_option("split", split, Split)
+    data = ioi_data() if data is None else data
+    n = len(data["baba_templates"])
+    start, step = {None: (0, 1), "train": (0, 2), "test": (1, 2)}[split]
+    return range(start, n, step), list(data["names"][start::step])

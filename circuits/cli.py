@@ -1,7 +1,9 @@
 """The ``interp`` command line.
 
 ``interp models`` lists what can be loaded, ``interp sites MODEL`` the places one can hook,
-``interp show`` and ``interp export`` read circuit-graph files, ``interp demo`` runs the demo.
+``interp show`` and ``interp export`` read circuit-graph files, ``interp discover`` finds a
+circuit, ``interp evaluate`` measures one (``--sweep``: MIB's table of sizes with CPR and CMD),
+``interp demo`` runs the demo.
 Errors the user can fix print one line and exit with status 1 (no traceback).
 """
 
@@ -14,11 +16,12 @@ import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import typer
 
 from circuits import METHODS
+from circuits._options import Ablation, Selection
 from interp import FORMATS, MODELS, CircuitGraph, InterpError, load_model
 
 app = typer.Typer(
@@ -115,12 +118,14 @@ def show(
     typer.echo(_read_graph(graph).summary(top))
 
 
-def _task(model: Any, task: str, n_prompts: int, seed: int) -> Any:
+def _task(model: Any, task: str, n_prompts: int, seed: int, split: str | None = None) -> Any:
     from circuits import ioi_task, task_from_jsonl
 
     if task == "ioi":
-        return ioi_task(model, n_prompts, seed=seed)
+        return ioi_task(model, n_prompts, seed=seed, split=split)
     if task.endswith(".jsonl"):
+        if split is not None:
+            raise InterpError("--split divides the IOI data; a JSONL task has no split.")
         return task_from_jsonl(model, task)
     raise InterpError(f"--task must be 'ioi' or a .jsonl file; got {task!r}.")
 
@@ -130,13 +135,35 @@ class Level(str, Enum):
     edge = "edge"
 
 
+def _choices(name: str, words: Any) -> type[Enum]:
+    """A typer choice from an option-word ``Literal``."""
+    return Enum(name, {w: w for w in get_args(words)}, type=str)
+
+
+SplitChoice = Enum("SplitChoice", {"all": "all", "train": "train", "test": "test"}, type=str)
+AblationChoice = _choices("AblationChoice", Ablation)
+SelectionChoice = _choices("SelectionChoice", Selection)
+HELD_OUT = {"train": "test", "test": "train", None: None}
+
+
+def _split(choice: Any) -> str | None:
+    return None if choice is None or choice.value == "all" else choice.value
+
+
 def _run_discovery(
-    model_name: str, task_name: str, method: str, level: str, n_prompts: int, top: int, seed: int
+    model_name: str,
+    task_name: str,
+    method: str,
+    level: str,
+    n_prompts: int,
+    top: int,
+    seed: int,
+    split: str | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     from circuits import discover, faithfulness
 
     model = _load(model_name)
-    task = _task(model, task_name, n_prompts, seed)
+    task = _task(model, task_name, n_prompts, seed, split)
     typer.echo(
         f"task {task.name}: {len(task)} prompt pairs; running {method} ({level} level) ...",
         err=True,
@@ -146,7 +173,13 @@ def _run_discovery(
     typer.echo("measuring faithfulness ...", err=True)
     result = faithfulness(model, circuit, task)
     circuit = circuit.copy(
-        meta={**circuit.meta, "faithfulness": result["faithfulness"], "top": top, "seed": seed}
+        meta={
+            **circuit.meta,
+            "faithfulness": result["faithfulness"],
+            "top": top,
+            "seed": seed,
+            "split": split,
+        }
     )
     return model, circuit, result
 
@@ -166,6 +199,11 @@ def discover(
     n_prompts: int = typer.Option(16, help="IOI prompt pairs."),
     top: int = typer.Option(200, help="Keep the top K edges (or nodes)."),
     seed: int = typer.Option(0, help="Seed of the IOI generator."),
+    split: SplitChoice = typer.Option(
+        SplitChoice.all,
+        help="IOI prompts from one half of the templates and names (train), the other (test), "
+        "or all; `interp evaluate` then uses the other half.",
+    ),
     out: Path = typer.Option(Path("out/circuit.json"), help="Where to write the circuit (JSON)."),
     png: Path = typer.Option(None, help="Also draw the circuit to this PNG."),
     html: Path = typer.Option(None, help="Also write a standalone HTML page."),
@@ -175,7 +213,9 @@ def discover(
 ) -> None:
     """Discover a circuit, measure its faithfulness and write it out."""
     start = time.perf_counter()
-    _, circuit, result = _run_discovery(model, task, method, level.value, n_prompts, top, seed)
+    _, circuit, result = _run_discovery(
+        model, task, method, level.value, n_prompts, top, seed, _split(split)
+    )
     seconds = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
     circuit.to_json(out)
@@ -215,15 +255,41 @@ def evaluate(
     graph: Path = typer.Argument(..., help="A circuit-graph JSON file."),
     model: str = typer.Option("smollm2-135m", help="Model name or path."),
     task: str = typer.Option("ioi", help="'ioi' or a JSONL file."),
-    n_prompts: int = typer.Option(16, help="IOI prompt pairs."),
-    seed: int = typer.Option(0, help="Seed of the IOI generator."),
+    n_prompts: int = typer.Option(
+        None, help="IOI prompt pairs (default: as many as the circuit was found with, or 16)."
+    ),
+    seed: int = typer.Option(
+        None, help="Seed of the IOI generator (default: the circuit's own seed, or 0)."
+    ),
+    split: SplitChoice = typer.Option(
+        None,
+        help="IOI half to evaluate on (default: the other half than the circuit was found on; "
+        "all if it was found on all).",
+    ),
     top: int = typer.Option(None, help="Re-select the top K by the stored scores first."),
     level: Level = typer.Option(Level.edge, help="Level of --top."),
+    ablation: AblationChoice = typer.Option(
+        AblationChoice["corrupt"],
+        help="What edges outside the circuit carry: corrupted, mean or zero.",
+    ),
+    sweep: bool = typer.Option(
+        False,
+        "--sweep",
+        help="MIB's evaluation: faithfulness of the circuits at 0.1%, 0.2%, ..., 100% of the "
+        "edges, chosen by the stored scores, with the areas CPR and CMD.",
+    ),
+    selection: SelectionChoice = typer.Option(
+        SelectionChoice["top-abs"], help="How --sweep chooses each circuit from the scores."
+    ),
+    png: Path = typer.Option(None, help="With --sweep: also plot the curve to this file."),
 ) -> None:
-    """Print the faithfulness of a stored circuit."""
-    from circuits import faithfulness
+    """Print the faithfulness of a stored circuit (or, with --sweep, MIB's table of sizes)."""
+    from circuits import evaluate as evaluate_graph
+    from circuits import faithfulness, plot_evaluations
 
     g = _read_graph(graph)
+    if sweep and top is not None:
+        raise InterpError("--sweep chooses circuits of every size itself; drop --top.")
     loaded = _load(model)
     if g.model is not None and (g.model.n_layers, g.model.n_heads) != (
         loaded.spec.n_layers,
@@ -233,13 +299,32 @@ def evaluate(
             f"The graph is for {g.model.name} ({g.model.n_layers} layers, {g.model.n_heads} "
             f"heads), not {loaded.spec.name}; pass the matching --model."
         )
+    n_prompts = n_prompts if n_prompts is not None else int(g.meta.get("n_prompts", 16))
+    seed = seed if seed is not None else int(g.meta.get("seed", 0))
+    chosen = _split(split) if split is not None else HELD_OUT.get(g.meta.get("split"))
+    the_task = _task(loaded, task, n_prompts, seed, chosen)
+    typer.echo(
+        f"task {the_task.name}: {len(the_task)} prompt pairs, seed {seed}"
+        + (f", {chosen} split" if chosen else ""),
+        err=True,
+    )
+    if sweep:
+        result = evaluate_graph(
+            loaded, g, the_task, selection=selection.value, ablation=ablation.value
+        )
+        typer.echo(result.summary())
+        if png is not None:
+            png.parent.mkdir(parents=True, exist_ok=True)
+            plot_evaluations({g.method or graph.stem: result}, png)
+            typer.echo(f"wrote {png}")
+        return
     if top is not None:
         g = g.top(top, level=level.value)
-    result = faithfulness(loaded, g, _task(loaded, task, n_prompts, seed))
+    result = faithfulness(loaded, g, the_task, ablation=ablation.value)
     typer.echo(
         f"faithfulness {result['faithfulness']:.4f}  (circuit logit diff {result['metric']:.4f}; "
-        f"clean {result['clean']:.4f}; corrupted {result['corrupt']:.4f}; "
-        f"{result['n_nodes']} nodes, {result['n_edges']} edges)"
+        f"clean {result['clean']:.4f}; {'corrupted' if ablation.value == 'corrupt' else 'empty'} "
+        f"{result['corrupt']:.4f}; {result['n_nodes']} nodes, {result['n_edges']} edges)"
     )
 
 

@@ -12,16 +12,18 @@ into an attention head enters through its ``q``, ``k`` or ``v`` port and is name
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ._errors import GraphFormatError, InterpError, UnknownSiteError, did_you_mean
+from ._errors import GraphFormatError, InterpError, UnknownSiteError, check_option, did_you_mean
 from ._layout import PORTS, GraphLayout
 from ._site import Site
 from ._spec import ModelSpec
@@ -29,6 +31,7 @@ from ._spec import ModelSpec
 __all__ = ["CircuitGraph", "EdgeView", "NodeView"]
 
 Level = Literal["edge", "node"]
+Strategy = Literal["global", "greedy"]  # how top(k) picks its k edges
 DEFAULT_PORTS = PORTS
 SCORE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -460,23 +463,110 @@ class CircuitGraph:
         return int((self._ranked(level, True) > -math.inf).sum())
 
     def top(
-        self, k: int, *, level: Level = "edge", absolute: bool = True, prune: bool = True
+        self,
+        k: int,
+        *,
+        level: Level = "edge",
+        absolute: bool = True,
+        prune: bool = True,
+        strategy: Strategy = "global",
     ) -> CircuitGraph:
         """A new graph whose circuit is the ``k`` highest-scoring edges (or nodes).
 
-        At node level, unscored (NaN) nodes such as ``input`` and ``logits`` stay in and the
-        edges between chosen nodes join. ``prune`` then keeps only what lies on a path from
-        input to logits.
+        Parameters
+        ----------
+        k : int
+            How many edges (or nodes) to choose, at most :meth:`n_ranked`.
+        level : {"edge", "node"}
+            At node level, unscored (NaN) nodes such as ``input`` and ``logits`` stay in and the
+            edges between chosen nodes join.
+        absolute : bool
+            Rank by ``|score|`` (the default) or by the signed score, so that the ``k`` most
+            positive come first (negative ones only once every positive one is in).
+        prune : bool
+            Then keep only what lies on a path from input to logits (:meth:`prune`), so the
+            circuit can end up with fewer than ``k`` edges.
+        strategy : {"global", "greedy"}
+            ``global`` takes the ``k`` best of all edges (EAP-IG's ``apply_topn``). ``greedy``
+            (edges only; EAP-IG's ``apply_greedy``) grows the circuit from the logits: it starts
+            with the sinks (``logits``) and repeatedly adds the best edge whose destination is
+            already in the circuit, so every chosen edge reaches the logits through chosen
+            edges; ``prune`` then drops those that do not reach the input. Unscored edges are
+            never chosen, so greedy stops early when only they lead further.
+
+        Examples
+        --------
+        >>> spec = ModelSpec(name="toy", architecture="gpt2", n_layers=2, n_heads=2, d_model=8)
+        >>> g = CircuitGraph.from_model(spec)
+        >>> g = g.with_scores(edge_scores=torch.linspace(-1, 1, len(g.edges)))
+        >>> g.top(5, prune=False).n_edges_in_graph
+        5
+        >>> greedy = g.top(5, strategy="greedy", prune=False)
+        >>> sorted(e.dst for e in greedy.edges.in_graph())[-1]
+        'logits'
         """
+        check_option("strategy", strategy, Strategy)
         scores = self._ranked(level, absolute)
-        n_scored = self.n_ranked(level)
+        n_scored = int((scores > -math.inf).sum())
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise InterpError(f"k must be an int >= 0; got {k!r}.")
         if k > n_scored:
             raise InterpError(f"k={k} but the graph has only {n_scored} scored {level}s.")
+        if strategy == "greedy":
+            if level != "edge":
+                raise InterpError(
+                    "Greedy selection grows a circuit edge by edge; use level='edge' (or "
+                    "strategy='global' for nodes)."
+                )
+            return self._select(self._greedy(k, scores), level, prune)
         chosen = torch.zeros(scores.shape, dtype=torch.bool)
         chosen[torch.argsort(scores, descending=True, stable=True)[:k]] = True
         return self._select(chosen, level, prune)
+
+    def _greedy(self, k: int, scores: Tensor) -> Tensor:
+        """Mask of the ``k`` edges that greedy growth from the sinks picks (``scores``: -inf
+        for unscored edges, which are never picked).
+
+        One heap entry per node in the circuit: its best incoming edge not yet taken. Each
+        node's incoming edges are sorted once, so growing to ``k`` edges costs O(E log E) for
+        the sort and O(k log N) for the heap. Ties go to the lower edge index, as in
+        :meth:`top`.
+        """
+        n_nodes = len(self.node_names)
+        score = scores.numpy()
+        dst = self.edge_dst.numpy()
+        # incoming edges grouped by node, best first, ties by edge index; unscored ones last
+        order = np.lexsort((np.arange(len(score)), -score, dst))
+        order = order[score[order] > -np.inf]
+        counts = np.bincount(dst[order], minlength=n_nodes)
+        ends = np.cumsum(counts)
+        starts, ends = (ends - counts).tolist(), ends.tolist()
+        order_list, score_list = order.tolist(), score.tolist()
+        src = self.edge_src.tolist()
+        heap: list[tuple[float, int, int, int]] = []  # (-score, edge, node, place in order)
+
+        def offer(node: int, at: int) -> None:
+            if at < ends[node]:
+                edge = order_list[at]
+                heapq.heappush(heap, (-score_list[edge], edge, node, at))
+
+        _, has_out = self._has_in_out()
+        in_circuit = (~has_out).tolist()  # the sinks (logits)
+        for node in range(n_nodes):
+            if in_circuit[node]:
+                offer(node, starts[node])
+        chosen = torch.zeros(len(self.edge_src), dtype=torch.bool)
+        taken: list[int] = []
+        while heap and len(taken) < k:
+            _, edge, node, at = heapq.heappop(heap)
+            taken.append(edge)
+            offer(node, at + 1)
+            parent = src[edge]
+            if not in_circuit[parent]:
+                in_circuit[parent] = True
+                offer(parent, starts[parent])
+        chosen[torch.tensor(taken, dtype=torch.long)] = True
+        return chosen
 
     def threshold(
         self, x: float, *, level: Level = "edge", absolute: bool = True, prune: bool = True

@@ -179,3 +179,68 @@ def test_help_lists_what_the_registries_hold() -> None:
     export_help = runner.invoke(app, ["export", "--help"], terminal_width=400).output
     assert all(name in discover_help for name in METHODS)
     assert all(name in export_help for name in FORMATS)
+
+
+def discover_to(path: Path, *args: str) -> dict:
+    result = runner.invoke(
+        app,
+        ["discover", "--model", "tiny-gpt2", "--method", "eap", "--top", "20", "--out", str(path)]
+        + list(args)
+        + ["--json-summary"],
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_evaluate_defaults_to_the_circuits_prompt_count_and_seed(tmp_path) -> None:
+    out = tmp_path / "c.json"
+    summary = discover_to(out, "--n-prompts", "3", "--seed", "5")
+    result = runner.invoke(app, ["evaluate", str(out), "--model", "tiny-gpt2"])
+    assert result.exit_code == 0, result.output
+    assert "3 prompt pairs, seed 5" in result.output
+    assert f"{summary['faithfulness']:.4f}" in result.stdout  # the very task it was found on
+    other = runner.invoke(app, ["evaluate", str(out), "--model", "tiny-gpt2", "--seed", "6"])
+    assert "3 prompt pairs, seed 6" in other.output
+
+
+def test_evaluate_uses_the_held_out_split(tmp_path, tiny_gpt2) -> None:
+    from circuits import faithfulness, ioi_task
+
+    out = tmp_path / "c.json"
+    discover_to(out, "--n-prompts", "4", "--split", "train")
+    graph = CircuitGraph.from_json(out)
+    assert graph.meta["split"] == "train"
+    result = runner.invoke(app, ["evaluate", str(out), "--model", "tiny-gpt2"])
+    assert result.exit_code == 0, result.output
+    assert "test split" in result.output
+    test_task = ioi_task(tiny_gpt2, 4, seed=0, split="test")
+    expected = faithfulness(tiny_gpt2, graph, test_task)["faithfulness"]
+    assert f"faithfulness {expected:.4f}" in result.stdout
+    same = runner.invoke(app, ["evaluate", str(out), "--model", "tiny-gpt2", "--split", "train"])
+    assert "train split" in same.output
+
+
+def test_evaluate_sweep_prints_mibs_table(tmp_path, tiny_gpt2) -> None:
+    from circuits import evaluate, ioi_task
+
+    out = tmp_path / "c.json"
+    discover_to(out, "--n-prompts", "3")
+    png = tmp_path / "sweep.png"
+    args = ["evaluate", str(out), "--model", "tiny-gpt2", "--sweep", "--ablation", "zero"]
+    result = runner.invoke(app, [*args, "--selection", "greedy-abs", "--png", str(png)])
+    assert result.exit_code == 0, result.output
+    expected = evaluate(
+        tiny_gpt2,
+        CircuitGraph.from_json(out),
+        ioi_task(tiny_gpt2, 3, seed=0),
+        selection="greedy-abs",
+        ablation="zero",
+        progress=False,
+    )
+    assert f"CPR {expected.cpr:.4f}" in result.stdout and f"CMD {expected.cmd:.4f}" in result.stdout
+    assert "effective_edges" in result.stdout and "greedy-abs" in result.stdout
+    assert png.read_bytes().startswith(b"\x89PNG")
+    both = runner.invoke(
+        app, ["evaluate", str(out), "--model", "tiny-gpt2", "--sweep", "--top", "5"]
+    )
+    assert both.exit_code == 1 and "drop --top" in both.output

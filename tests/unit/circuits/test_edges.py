@@ -40,7 +40,7 @@ def test_patching_one_edge_changes_only_that_reader(tiny_gpt2) -> None:
         pass
     from circuits._edges import _EdgePatcher, _source_writers
 
-    src = _source_writers(model, layout, task, "corrupt", 1)
+    src = _source_writers(model, layout, task, "corrupt")
     patcher = _EdgePatcher(layout, mask[None], src, len(task))
     with model.hooks(patcher.hooks()), model.cache(["a1.q", "a1.k"]) as seen:
         model(task.clean)

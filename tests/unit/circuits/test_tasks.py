@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from circuits import TaskError, ioi_task, task_from_jsonl
-from circuits._tasks import abba, ioi_data
+from circuits._tasks import abba, ioi_data, ioi_split
 
 
 def one_token(model, word: str) -> bool:
@@ -128,3 +128,74 @@ def test_jsonl_errors_name_the_line(tmp_path, tiny_gpt2, bad, message: str) -> N
 def test_jsonl_missing_file(tmp_path, tiny_gpt2) -> None:
     with pytest.raises(TaskError, match="No task file"):
         task_from_jsonl(tiny_gpt2, tmp_path / "none.jsonl")
+
+
+# -- train / test split ----------------------------------------------------------------------------
+
+
+def names_in(task) -> set[str]:
+    return {name for row in task.meta["prompts"] for name in (row["io"], row["s"], *row["abc"])}
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_train_and_test_share_no_template_and_no_name(tiny_gpt2, seed: int) -> None:
+    train = ioi_task(tiny_gpt2, 40, seed=seed, split="train")
+    test = ioi_task(tiny_gpt2, 40, seed=seed, split="test")
+    train_templates = {row["template"] for row in train.meta["prompts"]}
+    test_templates = {row["template"] for row in test.meta["prompts"]}
+    assert train_templates.isdisjoint(test_templates)
+    assert names_in(train).isdisjoint(names_in(test))
+    # and the words of the prompts agree: no test name appears in any train prompt
+    train_words = {
+        w for text in train.clean_text + train.corrupt_text for w in re.findall(r"\w+", text)
+    }
+    assert names_in(test).isdisjoint(train_words)
+    # each split draws from across its half: several templates, many names
+    assert len(train_templates) >= 5 and len(test_templates) >= 5
+    assert train.meta["split"] == "train" and test.meta["split"] == "test"
+    assert {t % 2 for t in train_templates} == {0} and {t % 2 for t in test_templates} == {1}
+
+
+def test_the_split_halves_cover_the_data() -> None:
+    data = ioi_data()
+    train_ids, train_names = ioi_split("train")
+    test_ids, test_names = ioi_split("test")
+    assert sorted([*train_ids, *test_ids]) == list(range(len(data["baba_templates"])))
+    assert sorted(train_names + test_names) == sorted(data["names"])
+    assert abs(len(train_names) - len(test_names)) <= 1
+    all_ids, all_names = ioi_split(None)
+    assert list(all_ids) == list(range(15)) and all_names == data["names"]
+
+
+def test_no_split_is_unchanged(tiny_gpt2) -> None:
+    """split=None draws exactly what ioi_task drew before splits existed: these prompts were
+    recorded with the code before the change (tiny-gpt2, 4 prompts)."""
+    before = {
+        0: [
+            "The station Bradley and Crystal went to had a drink. Bradley gave it to",
+            "The station Jennifer and Benjamin went to had a drink. Kevin gave it to",
+            "Friends Kyle and Patrick found a computer at the restaurant. Patrick gave it to",
+            "Friends Richard and Katherine found a computer at the restaurant. Heather gave it to",
+        ],
+        3: [
+            "Then, Dustin and Andrea were thinking about going to the station. Dustin wanted to "
+            "give a kiss to",
+            "Then, Jeffrey and Brandon were thinking about going to the station. Erica wanted to "
+            "give a kiss to",
+            "While Christopher and Stephen were commuting to the school, Stephen gave a snack to",
+            "While Kevin and Paul were commuting to the school, Elizabeth gave a snack to",
+        ],
+    }
+    for seed, texts in before.items():
+        task = ioi_task(tiny_gpt2, 4, seed=seed)
+        got = [task.clean_text[0], task.corrupt_text[0], task.clean_text[1], task.corrupt_text[1]]
+        assert got == texts
+        assert task.meta["split"] is None
+
+
+def test_split_errors(tiny_gpt2) -> None:
+    with pytest.raises(Exception, match="split must be one of"):
+        ioi_task(tiny_gpt2, 2, split="validation")
+    with pytest.raises(TaskError, match="train split's templates"):
+        ioi_task(tiny_gpt2, 2, split="train", template_ids=[1])
+    assert ioi_task(tiny_gpt2, 2, split="test", template_ids=[1]).equal_lengths

@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from interp import CircuitGraph, GraphFormatError, ModelSpec, UnknownSiteError
+from interp import CircuitGraph, GraphFormatError, InterpError, ModelSpec, UnknownSiteError
 
 SPEC = ModelSpec(name="toy", architecture="gpt2", n_layers=3, n_heads=2, d_model=8)
 
@@ -137,6 +137,115 @@ def test_prune_by_hand() -> None:
     p = g.prune()  # y is reached from input but leads nowhere inside the circuit
     assert p.node_in_graph.tolist() == [True, True, False, True]
     assert p.edge_in_graph.tolist() == [True, True, False, False]
+
+
+def greedy_by_brute_force(g: CircuitGraph, k: int, absolute: bool) -> set[int]:
+    """EAP-IG's apply_greedy written the slow way: k times, scan every edge into the circuit."""
+    scores = g.edge_scores.double()
+    scores = scores.abs() if absolute else scores
+    has_out = set(g.edge_src.tolist())
+    circuit = {n for n in range(len(g.node_names)) if n not in has_out}  # the sinks
+    chosen: set[int] = set()
+    for _ in range(k):
+        best = None
+        for e in range(len(g.edge_src)):
+            if e in chosen or int(g.edge_dst[e]) not in circuit or math.isnan(scores[e]):
+                continue
+            if best is None or scores[e] > scores[best]:  # ties: the lower index, seen first
+                best = e
+        if best is None:
+            break
+        chosen.add(best)
+        circuit.add(int(g.edge_src[best]))
+    return chosen
+
+
+def reaches_logits(g: CircuitGraph) -> bool:
+    """Every in-graph edge leads to logits through in-graph edges (networkx check)."""
+    sub = g.to_networkx(in_graph_only=True)
+    ends = {v for _, v in sub.edges()}
+    return not ends or ("logits" in sub and all(nx.has_path(sub, v, "logits") for v in ends))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), k=st.integers(0, 60), absolute=st.booleans())
+def test_greedy_equals_brute_force_and_reaches_the_logits(
+    seed: int, k: int, absolute: bool
+) -> None:
+    g = scored(seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    unscored = torch.rand(len(g.edges), generator=gen) < 0.1
+    g = g.with_scores(edge_scores=torch.where(unscored, math.nan, g.edge_scores))
+    k = min(k, g.n_ranked())
+    greedy = g.top(k, strategy="greedy", absolute=absolute, prune=False)
+    assert set(greedy.edge_in_graph.nonzero().flatten().tolist()) == greedy_by_brute_force(
+        g, k, absolute
+    )
+    assert reaches_logits(greedy)
+    assert (
+        greedy.n_edges_in_graph <= k and not greedy.edge_scores[greedy.edge_in_graph].isnan().any()
+    )
+    pruned = g.top(k, strategy="greedy", absolute=absolute)
+    assert pruned == greedy.prune() and on_some_path(pruned)
+
+
+def hand_graph(**changes: float) -> CircuitGraph:
+    scores = {"input->a": 3.0, "input->b": 10.0, "a->b": 0.1, "a->logits": 1.0}
+    scores.update({"b->logits": 0.5, "input->logits": 2.0, **changes})
+    edges = [tuple(name.split("->")) for name in scores]
+    return CircuitGraph(["input", "a", "b", "logits"], edges, edge_scores=list(scores.values()))
+
+
+def chosen_names(g: CircuitGraph) -> set[str]:
+    return {e.name for e in g.edges.in_graph()}
+
+
+def test_greedy_by_hand() -> None:
+    g = hand_graph()
+    # logits' in-edges: input->logits 2 first, then a->logits 1, which brings a in; its
+    # in-edge input->a 3 beats b->logits 0.5. Top-3 instead takes input->b (10), which leads
+    # nowhere: b is not in the circuit.
+    greedy = g.top(3, strategy="greedy", prune=False)
+    assert chosen_names(greedy) == {"input->logits", "a->logits", "input->a"}
+    top = g.top(3, prune=False)
+    assert chosen_names(top) == {"input->b", "input->a", "input->logits"}
+    assert not reaches_logits(top) and reaches_logits(greedy)
+    assert chosen_names(g.top(3)) == {"input->logits"}  # top-3 pruned keeps one edge
+    assert g.top(3, strategy="greedy") == greedy  # greedy's edges all reach the input here
+    # signed: a strongly negative edge into logits comes last instead of first
+    negative = hand_graph(**{"b->logits": -5.0})
+    assert chosen_names(negative.top(2, strategy="greedy", prune=False)) == {
+        "b->logits",
+        "input->b",
+    }
+    assert chosen_names(negative.top(2, strategy="greedy", absolute=False, prune=False)) == {
+        "input->logits",
+        "a->logits",
+    }
+
+
+def test_greedy_keeps_no_dangling_edge_where_top_k_does() -> None:
+    # strong edges into the first layers, weak ones onward: top-k keeps edges that reach
+    # nothing, greedy only edges into the circuit
+    g = scored(seed=1)
+    layer = torch.tensor([int(g.node_names[d][1]) if d < len(g.node_names) - 1 else 9
+                          for d in g.edge_dst.tolist()])  # fmt: skip
+    g = g.with_scores(edge_scores=g.edge_scores.abs() + 10.0 * (layer == 0))
+    for k in (5, 20, 40):
+        top, greedy = g.top(k, prune=False), g.top(k, strategy="greedy", prune=False)
+        assert not reaches_logits(top)
+        assert reaches_logits(greedy)
+        assert g.top(k).n_edges_in_graph < g.top(k, strategy="greedy").n_edges_in_graph
+
+
+def test_greedy_errors() -> None:
+    g = scored()
+    with pytest.raises(InterpError, match="strategy must be one of"):
+        g.top(3, strategy="greed")
+    with pytest.raises(InterpError, match="level='edge'"):
+        g.top(3, level="node", strategy="greedy")
+    with pytest.raises(InterpError, match="only"):
+        g.top(10**6, strategy="greedy")
 
 
 # -- formats ---------------------------------------------------------------------------------------
