@@ -28,11 +28,18 @@ from ._evaluate import (
     plot_evaluations,
     select_circuit,
 )
+from ._metrics import METRICS, AnswerProb, KLToClean, LogitDiff, Metric, UserMetric
 from ._patching import activation_patching, lookahead_patching, patching_costs
 from ._refined import Refined, refined_patching
 from ._tasks import Task, TaskError, ioi_split, ioi_task, task_from_jsonl, task_from_pairs
 
 __all__ = [
+    "METRICS",
+    "AnswerProb",
+    "KLToClean",
+    "LogitDiff",
+    "Metric",
+    "UserMetric",
     "METHODS",
     "MIB_FRACTIONS",
     "Evaluation",

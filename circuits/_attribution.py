@@ -115,7 +115,7 @@ def _attribution_pass(
 
         hooks["input"] = path
     with _rules(model, gradient_rules), model.hooks(hooks):
-        run = model.run_with_grads(base.repeat(steps, 1), task.logit_diff, sites)
+        run = model.run_with_grads(base.repeat(steps, 1), task.measure, sites)
     # the metric is a mean over all copies, so the sum over copies is the mean over the path
     grads = {str(Site.parse(s)): run.gradients[s].unflatten(0, (steps, n)).sum(0) for s in sites}
     acts = {str(Site.parse(s)): run.activations[s][:n] for s in sites}
@@ -178,7 +178,7 @@ def attribution_patching(
     )
     if m_base is None:
         with torch.no_grad():
-            m_base = float(task.logit_diff(model(base)))
+            m_base = float(task.measure(model(base)))
     return m_base + total
 
 

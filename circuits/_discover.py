@@ -232,7 +232,7 @@ def _node_graph(
     function ``patched(component, per_position=...)`` returning metrics per cell."""
     base, _ = base_and_source(task, graph.meta["direction"])
     with torch.no_grad():
-        m_base = float(task.logit_diff(model(base)))
+        m_base = float(task.measure(model(base)))
     per_writer = graph.layout.writer_values(
         input=patched("resid")[0] - m_base,  # patching the input = the other run
         heads=patched("heads") - m_base,

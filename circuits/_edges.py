@@ -214,7 +214,7 @@ def edge_patching(
     >>> model, layout = prepare_edge_model(load_model("tiny-gpt2"))
     >>> task = ioi_task(model, 2)
     >>> every = layout.to_matrix(torch.ones(len(layout.edge_src), dtype=torch.bool))
-    >>> corrupted = task.logit_diff(model(task.corrupt))  # every edge patched: the corrupted run
+    >>> corrupted = task.measure(model(task.corrupt))  # every edge patched: the corrupted run
     >>> abs(float(edge_patching(model, task, every) - corrupted)) < 1e-5
     True
     """
@@ -252,7 +252,7 @@ def edge_patching(
             patcher = _EdgePatcher(layout, chunk, src, len(task))
             with model.hooks(patcher.hooks()):
                 logits = model(tokens.repeat(len(chunk), 1))
-            values.append(task.logit_diff(logits, per_copy=True).cpu())
+            values.append(task.measure(logits, per_copy=True).cpu())
     values = torch.cat(values)
     return values[0] if single else values
 
@@ -270,9 +270,7 @@ def _circuit_mask(layout: GraphLayout, graph: CircuitGraph) -> Tensor:
 def baselines(model: TransformerModel, task: Task) -> tuple[float, float]:
     """Metric on the clean and on the corrupted prompts."""
     with torch.no_grad():
-        return float(task.logit_diff(model(task.clean))), float(
-            task.logit_diff(model(task.corrupt))
-        )
+        return float(task.measure(model(task.clean))), float(task.measure(model(task.corrupt)))
 
 
 def circuit_metrics(
@@ -455,7 +453,7 @@ def exact_edge_scores(
     check_layout(graph, layout)
     w, r = layout.edge_writer, layout.edge_reader
     with torch.no_grad():
-        base = float(task.logit_diff(model(task.corrupt if run == "corrupt" else task.clean)))
+        base = float(task.measure(model(task.corrupt if run == "corrupt" else task.clean)))
     scores = torch.empty(len(w))
     for start in progress_bar(
         range(0, len(w), edges_per_pass), desc="exact edges", progress=progress

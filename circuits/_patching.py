@@ -358,7 +358,9 @@ def _shortcuts_exact(
     except (RuntimeError, ValueError, IndexError, TypeError):  # shapes that do not fit
         return False
     rows = torch.arange(len(task), device=base_logits.device)
-    expected = base_logits[rows, task.last_positions()][:, vocab]
+    expected = base_logits[rows, task.last_positions()]
+    if vocab is not None:  # None: the metric reads every logit
+        expected = expected[:, vocab]
     return bool(torch.allclose(again, expected, atol=1e-4 * float(expected.abs().max()), rtol=0))
 
 
@@ -416,13 +418,13 @@ def _patch_cells(
             if component == "resid"
             else model.run_with_cache(base, sites)[1]
         )
-    m_base = task.logit_diff(base_logits)
+    m_base = task.measure(base_logits)
     grads: dict[int, Tensor] = {}
     if blocks is not None and blocks < n_layers:
         readouts = [f"r{layer}.pre" for layer in range(blocks, n_layers)]
         rules = gradient_rules(model) if gradient_rules else contextlib.nullcontext()
         with rules:
-            run = model.run_with_grads(base, task.logit_diff, readouts)
+            run = model.run_with_grads(base, task.measure, readouts)
         grads = {Site.parse(r).layer: run.gradients[r] for r in readouts}
     # Before the first token where base and source differ, both runs hold the same
     # activations: patching there changes nothing, and a patch anywhere leaves those positions
@@ -535,7 +537,7 @@ def _patch_cells(
                     attn_out=attn_out,
                 )
             if stop is None:
-                metric = task.logit_diff(out, per_copy=True, vocab=vocab)
+                metric = task.measure(out, per_copy=True, vocab=vocab)
             else:  # grad . delta at the residual entering block `stop`, per copy
                 delta = out.view(copies, n, *out.shape[1:]) - inputs.resid[stop][:, begin:]
                 metric = m_base + (delta * grads[stop][:, begin:]).flatten(1).sum(-1)

@@ -109,7 +109,7 @@ def refined_patching(
         m_base = float(first[free.to(first.device)][0])
     else:
         with torch.no_grad():
-            m_base = float(task.logit_diff(model(base_and_source(task, direction)[0])))
+            m_base = float(task.measure(model(base_and_source(task, direction)[0])))
     total = float(costs.sum())
     priority = (first.detach().double().cpu() - m_base).abs() / costs.clamp(min=1e-12)
     order = priority.flatten().argsort(descending=True, stable=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from interp import InterpError, TransformerModel, data_path, did_you_mean
 
+from ._metrics import METRICS, LogitDiff, Metric, UserMetric
 from ._options import Split, check_option
 
 __all__ = ["Task", "TaskError", "ioi_split", "ioi_task", "task_from_jsonl", "task_from_pairs"]
@@ -37,7 +38,8 @@ class TaskError(InterpError, ValueError):
 
 @dataclass(frozen=True)
 class Task:
-    """Clean and corrupted prompts, answer tokens, and the logit-difference metric.
+    """Clean and corrupted prompts, answer tokens, and the metric (logit difference unless
+    :meth:`with_metric` says otherwise).
 
     Attributes
     ----------
@@ -59,7 +61,7 @@ class Task:
     clean_text: tuple[str, ...] = ()
     corrupt_text: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)
-    metric_name: str = "logit_diff"
+    metric: Metric = field(default_factory=LogitDiff)
 
     def __len__(self) -> int:
         return self.clean.shape[0]
@@ -73,14 +75,42 @@ class Task:
         return (self.lengths - 1).repeat(copies)
 
     @property
-    def metric_tokens(self) -> Tensor:
-        """The token ids the metric reads (sorted): logits of other tokens are not needed."""
-        return torch.unique(torch.cat([self.answer, self.wrong]))
+    def metric_name(self) -> str:
+        return self.metric.name
 
-    def logit_diff(
+    @property
+    def metric_tokens(self) -> Tensor | None:
+        """The token ids the metric reads (sorted), so logits of other tokens need not be
+        computed; ``None`` when it reads the whole vocabulary."""
+        return self.metric.tokens(self.answer, self.wrong)
+
+    def with_metric(self, metric: str | Metric | Callable[..., Tensor], model: Any = None) -> Task:
+        """The task measuring something else: ``"logit_diff"``, ``"prob"``, ``"kl"`` (needs
+        ``model``: it runs the clean prompts once), a :class:`~circuits.Metric`, or a callable
+        ``fn(logits, answer, wrong) -> values`` over last-position logits.
+
+        Examples
+        --------
+        >>> model = load_model("tiny-gpt2")
+        >>> task = ioi_task(model, 2).with_metric("kl", model)
+        >>> float(task.measure(model(task.clean)))  # the clean run is at distance 0
+        0.0
+        """
+        if isinstance(metric, str):
+            metric = METRICS[check_option("metric", metric, tuple(METRICS))](model, self)
+        elif not isinstance(metric, Metric):
+            if not callable(metric):
+                raise TaskError(
+                    f"metric must be one of {', '.join(METRICS)}, a Metric or a callable; got "
+                    f"{type(metric).__name__}."
+                )
+            metric = UserMetric(metric, getattr(metric, "__name__", "custom"))
+        return replace(self, metric=metric)
+
+    def measure(
         self, logits: Tensor, *, per_copy: bool = False, vocab: Tensor | None = None
     ) -> Tensor:
-        """Mean of ``logit(answer) - logit(wrong)`` at each prompt's last token.
+        """The task's metric: its mean over prompts of the value at each prompt's last token.
 
         Parameters
         ----------
@@ -92,6 +122,18 @@ class Task:
             The token ids the last axis of ``logits`` holds, when it holds only
             :attr:`metric_tokens` (or a sorted superset of them) instead of the whole vocabulary.
         """
+        return self._measure(self.metric, logits, per_copy, vocab)
+
+    def logit_diff(
+        self, logits: Tensor, *, per_copy: bool = False, vocab: Tensor | None = None
+    ) -> Tensor:
+        """Mean of ``logit(answer) - logit(wrong)`` at each prompt's last token, whatever the
+        task's metric (see :meth:`measure` for the arguments)."""
+        return self._measure(LogitDiff(), logits, per_copy, vocab)
+
+    def _measure(
+        self, metric: Metric, logits: Tensor, per_copy: bool, vocab: Tensor | None
+    ) -> Tensor:
         n = len(self)
         copies = logits.shape[0] // n
         if logits.shape[0] != copies * n:
@@ -103,14 +145,19 @@ class Task:
             logits = logits[rows, self.last_positions(copies).to(logits.device)]
         answer, wrong = self.answer, self.wrong
         if vocab is not None:
+            if metric.tokens(answer, wrong) is None:
+                raise TaskError(
+                    f"The metric {metric.name!r} reads every logit; got a vocab subset."
+                )
             at = torch.searchsorted(vocab, torch.cat([answer, wrong])).clamp(max=len(vocab) - 1)
             if not torch.equal(vocab[at], torch.cat([answer, wrong])):
-                raise TaskError("logit_diff(vocab=...) must hold every answer and wrong token.")
+                raise TaskError("measure(vocab=...) must hold every answer and wrong token.")
             answer, wrong = at[:n], at[n:]
         answer = answer.repeat(copies).to(logits.device)
         wrong = wrong.repeat(copies).to(logits.device)
-        diff = logits[rows, answer] - logits[rows, wrong]
-        means = diff.view(copies, n).mean(1)
+        prompts = torch.arange(n).repeat(copies)
+        values = metric.values(logits, answer, wrong, prompts)
+        means = values.view(copies, n).mean(1)
         return means if per_copy else means.mean()
 
     def to(self, device: str | torch.device) -> Task:
@@ -127,18 +174,18 @@ class Task:
         """The task restricted to some prompts."""
         idx = torch.arange(len(self), device=self.clean.device)[index]
         keep = idx.tolist()
-        return Task(
-            self.name,
-            self.clean[idx],
-            self.corrupt[idx],
-            self.lengths[idx],
-            self.answer[idx],
-            self.wrong[idx],
-            self.prepend_bos,
-            tuple(self.clean_text[i] for i in keep),
-            tuple(self.corrupt_text[i] for i in keep),
-            dict(self.meta),
-            self.metric_name,
+        return replace(
+            self,
+            clean=self.clean[idx],
+            corrupt=self.corrupt[idx],
+            lengths=self.lengths[idx.to(self.lengths.device)],
+            answer=self.answer[idx.to(self.answer.device)],
+            wrong=self.wrong[idx.to(self.wrong.device)],
+            # a task built from token ids has no texts
+            clean_text=tuple(self.clean_text[i] for i in keep) if self.clean_text else (),
+            corrupt_text=tuple(self.corrupt_text[i] for i in keep) if self.corrupt_text else (),
+            meta=dict(self.meta),
+            metric=self.metric.subset(idx.cpu()),
         )
 
 

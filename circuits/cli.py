@@ -118,16 +118,28 @@ def show(
     typer.echo(_read_graph(graph).summary(top))
 
 
-def _task(model: Any, task: str, n_prompts: int, seed: int, split: str | None = None) -> Any:
+def _task(
+    model: Any,
+    task: str,
+    n_prompts: int,
+    seed: int,
+    split: str | None = None,
+    metric: str = "logit_diff",
+) -> Any:
     from circuits import ioi_task, task_from_jsonl
 
     if task == "ioi":
-        return ioi_task(model, n_prompts, seed=seed, split=split)
-    if task.endswith(".jsonl"):
+        built = ioi_task(model, n_prompts, seed=seed, split=split)
+    elif task.endswith(".jsonl"):
         if split is not None:
             raise InterpError("--split divides the IOI data; a JSONL task has no split.")
-        return task_from_jsonl(model, task)
-    raise InterpError(f"--task must be 'ioi' or a .jsonl file; got {task!r}.")
+        built = task_from_jsonl(model, task)
+    else:
+        raise InterpError(f"--task must be 'ioi' or a .jsonl file; got {task!r}.")
+    return built.with_metric(metric, model)
+
+
+METRIC_HELP = "What the task measures: logit_diff, prob (of the answer) or kl (to the clean run)."
 
 
 class Level(str, Enum):
@@ -159,11 +171,12 @@ def _run_discovery(
     top: int,
     seed: int,
     split: str | None = None,
+    metric: str = "logit_diff",
 ) -> tuple[Any, Any, dict[str, Any]]:
     from circuits import discover, faithfulness
 
     model = _load(model_name)
-    task = _task(model, task_name, n_prompts, seed, split)
+    task = _task(model, task_name, n_prompts, seed, split, metric)
     typer.echo(
         f"task {task.name}: {len(task)} prompt pairs; running {method} ({level} level) ...",
         err=True,
@@ -204,6 +217,7 @@ def discover(
         help="IOI prompts from one half of the templates and names (train), the other (test), "
         "or all; `interp evaluate` then uses the other half.",
     ),
+    metric: str = typer.Option("logit_diff", help=METRIC_HELP),
     out: Path = typer.Option(Path("out/circuit.json"), help="Where to write the circuit (JSON)."),
     png: Path = typer.Option(None, help="Also draw the circuit to this PNG."),
     html: Path = typer.Option(None, help="Also write a standalone HTML page."),
@@ -214,7 +228,7 @@ def discover(
     """Discover a circuit, measure its faithfulness and write it out."""
     start = time.perf_counter()
     _, circuit, result = _run_discovery(
-        model, task, method, level.value, n_prompts, top, seed, _split(split)
+        model, task, method, level.value, n_prompts, top, seed, _split(split), metric
     )
     seconds = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +242,7 @@ def discover(
     typer.echo(circuit.summary(10))
     typer.echo(
         f"\ncircuit: {result['n_nodes']} nodes, {result['n_edges']} edges; faithfulness "
-        f"{result['faithfulness']:.3f} (logit diff {result['metric']:.3f}; clean "
+        f"{result['faithfulness']:.3f} ({circuit.metric} {result['metric']:.3f}; clean "
         f"{result['clean']:.3f}, corrupted {result['corrupt']:.3f}); {seconds:.1f} s"
     )
     typer.echo("wrote " + ", ".join(written))
@@ -282,6 +296,9 @@ def evaluate(
         SelectionChoice["top-abs"], help="How --sweep chooses each circuit from the scores."
     ),
     png: Path = typer.Option(None, help="With --sweep: also plot the curve to this file."),
+    metric: str = typer.Option(
+        None, help=METRIC_HELP.rstrip(".") + " (default: the circuit's own metric)."
+    ),
 ) -> None:
     """Print the faithfulness of a stored circuit (or, with --sweep, MIB's table of sizes)."""
     from circuits import evaluate as evaluate_graph
@@ -302,7 +319,8 @@ def evaluate(
     n_prompts = n_prompts if n_prompts is not None else int(g.meta.get("n_prompts", 16))
     seed = seed if seed is not None else int(g.meta.get("seed", 0))
     chosen = _split(split) if split is not None else HELD_OUT.get(g.meta.get("split"))
-    the_task = _task(loaded, task, n_prompts, seed, chosen)
+    metric = metric or g.metric or "logit_diff"
+    the_task = _task(loaded, task, n_prompts, seed, chosen, metric)
     typer.echo(
         f"task {the_task.name}: {len(the_task)} prompt pairs, seed {seed}"
         + (f", {chosen} split" if chosen else ""),
@@ -322,7 +340,7 @@ def evaluate(
         g = g.top(top, level=level.value)
     result = faithfulness(loaded, g, the_task, ablation=ablation.value)
     typer.echo(
-        f"faithfulness {result['faithfulness']:.4f}  (circuit logit diff {result['metric']:.4f}; "
+        f"faithfulness {result['faithfulness']:.4f}  (circuit {metric} {result['metric']:.4f}; "
         f"clean {result['clean']:.4f}; {'corrupted' if ablation.value == 'corrupt' else 'empty'} "
         f"{result['corrupt']:.4f}; {result['n_nodes']} nodes, {result['n_edges']} edges)"
     )
