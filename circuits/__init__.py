@@ -28,6 +28,7 @@ from ._evaluate import (
     plot_evaluations,
     select_circuit,
 )
+from ._masks import edge_pruning, masked_metric
 from ._metrics import METRICS, AnswerProb, KLToClean, LogitDiff, Metric, UserMetric
 from ._patching import activation_patching, lookahead_patching, patching_costs
 from ._refined import Refined, refined_patching
@@ -48,10 +49,12 @@ __all__ = [
     "TaskError",
     "activation_patching",
     "lookahead_patching",
+    "masked_metric",
     "attribution_patching",
     "discover",
     "edge_attribution",
     "edge_patching",
+    "edge_pruning",
     "evaluate",
     "exact_edge_scores",
     "faithfulness",

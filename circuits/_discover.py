@@ -26,6 +26,7 @@ from interp import (
 
 from ._attribution import edge_attribution, node_attribution
 from ._edges import exact_edge_scores
+from ._masks import edge_pruning
 from ._options import Level, check_option
 from ._patching import activation_patching, base_and_source, lookahead_patching
 from ._refined import refined_patching
@@ -283,6 +284,29 @@ def _clean_corrupted(
 ) -> CircuitGraph:
     score = node_attribution if level == "node" else edge_attribution
     return score(model, None, task, ig_alphas=(0.0, 1.0), **options)
+
+
+@register_method(
+    "edge-pruning",
+    levels=("edge",),
+    description="edge masks learned for faithfulness at a target share of edges (default "
+    "0.01), warm-started from EAP-IG (Bhaskar et al. 2024)",
+)
+def _edge_pruning(
+    model: TransformerModel,
+    task: Task,
+    level: str,
+    *,
+    target: float = 0.01,
+    steps: int = 100,
+    ig_steps: int = 5,
+    progress: bool | None = None,
+    **options: Any,
+) -> CircuitGraph:
+    init = edge_attribution(model, None, task, ig_steps=ig_steps, progress=progress)
+    return edge_pruning(
+        model, task, target=target, steps=steps, init=init, progress=progress, **options
+    )
 
 
 def _relp(rule_set: str) -> Method:
