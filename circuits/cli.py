@@ -172,24 +172,36 @@ def _run_discovery(
     seed: int,
     split: str | None = None,
     metric: str = "logit_diff",
+    selection: str = "greedy-signed",
+    held_out: bool = False,
 ) -> tuple[Any, Any, dict[str, Any]]:
-    from circuits import discover, faithfulness
+    """Discover, select the circuit, and measure its faithfulness: on the same prompts, or with
+    ``held_out`` on the other IOI half (the task is then found on the train half)."""
+    from circuits import discover, faithfulness, select_circuit
 
     model = _load(model_name)
+    split = "train" if held_out else split
     task = _task(model, task_name, n_prompts, seed, split, metric)
     typer.echo(
         f"task {task.name}: {len(task)} prompt pairs; running {method} ({level} level) ...",
         err=True,
     )
     graph = discover(model, task, method, level)
-    circuit = graph.top(min(top, graph.n_ranked(level)), level=level)
-    typer.echo("measuring faithfulness ...", err=True)
+    k = min(top, graph.n_ranked(level))
+    if level == "edge":
+        circuit = select_circuit(graph, k, selection)
+    else:  # nodes are chosen by score alone; greedy growth is for edges
+        circuit = graph.top(k, level="node", absolute=selection.endswith("abs"))
+    if held_out:
+        task = _task(model, task_name, 2 * n_prompts, seed, HELD_OUT[split], metric)
+    typer.echo(f"measuring faithfulness on {len(task)} prompt pairs ...", err=True)
     result = faithfulness(model, circuit, task)
     circuit = circuit.copy(
         meta={
             **circuit.meta,
             "faithfulness": result["faithfulness"],
             "top": top,
+            "selection": selection,
             "seed": seed,
             "split": split,
         }
@@ -218,6 +230,11 @@ def discover(
         "or all; `interp evaluate` then uses the other half.",
     ),
     metric: str = typer.Option("logit_diff", help=METRIC_HELP),
+    selection: SelectionChoice = typer.Option(
+        SelectionChoice["greedy-signed"],
+        help="How the top K are chosen: by |score| or signed score (positive first), over all "
+        "edges (top-) or grown from the logits (greedy-).",
+    ),
     out: Path = typer.Option(Path("out/circuit.json"), help="Where to write the circuit (JSON)."),
     png: Path = typer.Option(None, help="Also draw the circuit to this PNG."),
     html: Path = typer.Option(None, help="Also write a standalone HTML page."),
@@ -228,7 +245,16 @@ def discover(
     """Discover a circuit, measure its faithfulness and write it out."""
     start = time.perf_counter()
     _, circuit, result = _run_discovery(
-        model, task, method, level.value, n_prompts, top, seed, _split(split), metric
+        model,
+        task,
+        method,
+        level.value,
+        n_prompts,
+        top,
+        seed,
+        _split(split),
+        metric,
+        selection.value,
     )
     seconds = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -351,13 +377,18 @@ def evaluate(
 def demo(
     model: str = typer.Option("smollm2-135m", help="Model to run."),
     method: str = typer.Option("eap-ig", help="Discovery method."),
-    n_prompts: int = typer.Option(8, help="IOI prompt pairs."),
-    top: int = typer.Option(1000, help="Edges to keep."),
+    n_prompts: int = typer.Option(8, help="IOI prompt pairs to discover on (twice as many test)."),
+    top: int = typer.Option(6000, help="Edges to keep (SmolLM2-135M has 123,211)."),
     out: Path = typer.Option(Path("out"), help="Folder for the circuit files."),
 ) -> None:
-    """IOI circuit discovery on the embedded model; writes the circuit as JSON, PNG and HTML."""
+    """IOI circuit discovery on the embedded model; writes the circuit as JSON, PNG and HTML.
+
+    The circuit is found on the IOI train half (templates and names) and its faithfulness
+    measured on the held-out test half."""
     start = time.perf_counter()
-    loaded, circuit, result = _run_discovery(model, "ioi", method, "edge", n_prompts, top, 0)
+    loaded, circuit, result = _run_discovery(
+        model, "ioi", method, "edge", n_prompts, top, 0, held_out=True
+    )
     prompt = DEMO_PROMPT
     typer.echo(
         f"\n{prompt!r} -> "
@@ -370,8 +401,9 @@ def demo(
     circuit.to_html(paths["html"], max_edges=150)
     typer.echo(circuit.summary(10))
     typer.echo(
-        f"\n{method} circuit of the top {top} edges: {result['n_nodes']} nodes, "
-        f"{result['n_edges']} edges after pruning; faithfulness {result['faithfulness']:.3f} "
+        f"\n{method} circuit of {top} edges grown from the logits (positive scores first): "
+        f"{result['n_nodes']} nodes, {result['n_edges']} edges after pruning; faithfulness on "
+        f"held-out prompts {result['faithfulness']:.3f} "
         f"(logit diff {result['metric']:.2f}; clean {result['clean']:.2f}, corrupted "
         f"{result['corrupt']:.2f}); {time.perf_counter() - start:.0f} s in all"
     )
