@@ -25,7 +25,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp import CircuitGraph, GraphLayout, InterpError, Site, TransformerModel, progress_bar
+from interp import (
+    CircuitGraph,
+    GraphLayout,
+    InterpError,
+    Site,
+    TransformerModel,
+    check_option,
+    progress_bar,
+)
 
 from ._edges import check_layout, prepare_edge_model
 from ._tasks import Task
@@ -35,8 +43,11 @@ __all__ = ["edge_pruning", "masked_metric"]
 BETA, LEFT, RIGHT = 2 / 3, -0.1, 1.1  # hard-concrete temperature and stretch (Louizos et al.)
 
 
-def _masks(log_alpha: Tensor, sample: bool) -> Tensor:
-    """Hard-concrete masks in [0, 1]; with ``sample`` the training noise, else the mean gate."""
+def _masks(log_alpha: Tensor, sample: bool, kind: str = "hard-concrete") -> Tensor:
+    """Masks in [0, 1]: hard-concrete (with ``sample`` the training noise, else the mean
+    gate), or plain ``sigmoid(log_alpha)`` (continuous, deterministic)."""
+    if kind == "sigmoid":
+        return torch.sigmoid(log_alpha)
     if sample:
         u = torch.rand_like(log_alpha).clamp(1e-6, 1 - 1e-6)
         s = torch.sigmoid((u.log() - (1 - u).log() + log_alpha) / BETA)
@@ -45,8 +56,11 @@ def _masks(log_alpha: Tensor, sample: bool) -> Tensor:
     return (s * (RIGHT - LEFT) + LEFT).clamp(0, 1)
 
 
-def _density(log_alpha: Tensor) -> Tensor:
-    """Expected share of edges whose mask is not 0."""
+def _density(log_alpha: Tensor, kind: str = "hard-concrete") -> Tensor:
+    """Expected share of edges whose hard-concrete mask is not 0 (for sigmoid masks, their
+    mean)."""
+    if kind == "sigmoid":
+        return torch.sigmoid(log_alpha).mean()
     return torch.sigmoid(log_alpha - BETA * math.log(-LEFT / RIGHT)).mean()
 
 
@@ -144,6 +158,7 @@ def edge_pruning(
     lr: float = 0.1,
     init: CircuitGraph | None = None,
     objective: str = "kl",
+    mask: str = "hard-concrete",
     seed: int = 0,
     progress: bool | None = None,
 ) -> CircuitGraph:
@@ -167,6 +182,9 @@ def edge_pruning(
         ``kl``: KL divergence from the full model's next-token distribution at the last
         position; ``metric``: the squared gap between the circuit's task metric and the full
         model's.
+    mask : {"hard-concrete", "sigmoid"}
+        Edge Pruning's hard-concrete masks (stochastic, can reach exact 0 and 1), or
+        continuous ``sigmoid(log_alpha)`` masks (deterministic; smoother for few steps).
     seed : int
         Seed of the mask noise.
 
@@ -186,8 +204,8 @@ def edge_pruning(
         raise InterpError(f"target must be a share of edges in (0, 1); got {target!r}.")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InterpError(f"steps must be an int >= 1; got {steps!r}.")
-    if objective not in ("kl", "metric"):
-        raise InterpError(f"objective must be 'kl' or 'metric'; got {objective!r}.")
+    check_option("objective", objective, ("kl", "metric"))
+    check_option("mask", mask, ("hard-concrete", "sigmoid"))
     edge_model, layout = prepare_edge_model(model)
     graph = CircuitGraph.from_model(model) if graph is None else graph
     check_layout(graph, layout)
@@ -211,10 +229,10 @@ def edge_pruning(
     try:
         bar = progress_bar(range(steps), desc="edge pruning", progress=progress)
         for _ in bar:
-            keep = _masks(log_alpha, sample=True)
+            keep = _masks(log_alpha, sample=True, kind=mask)
             value = masked_metric(edge_model, measured, keep, source)
             loss_fit = value if objective == "kl" else (value - full) ** 2
-            gap = _density(log_alpha) - target
+            gap = _density(log_alpha, mask) - target
             loss = loss_fit + lambdas[0] * gap + lambdas[1] * gap**2
             opt.zero_grad()
             ascent.zero_grad()
@@ -236,6 +254,7 @@ def edge_pruning(
             "target": target,
             "steps": steps,
             "objective": objective,
+            "mask": mask,
             "density": history[-1][1],
             "fit": history[-1][0],
             "warm_start": init.method if init is not None else None,

@@ -57,3 +57,11 @@ def test_optimisation_reaches_the_target_density_and_keeps_the_warm_start(tiny_g
     assert not bool(graph.edge_scores.isnan().any())
     with pytest.raises(Exception, match="target must be"):
         edge_pruning(tiny_gpt2, task, target=1.5)
+
+
+def test_sigmoid_masks_reach_the_target_and_words_are_checked(tiny_gpt2):
+    task = ioi_task(tiny_gpt2, 4, seed=0)
+    graph = edge_pruning(tiny_gpt2, task, target=0.3, steps=150, mask="sigmoid", progress=False)
+    assert graph.meta["density"] == pytest.approx(0.3, abs=0.05) and graph.meta["mask"] == "sigmoid"
+    with pytest.raises(Exception, match="Did you mean 'sigmoid'"):
+        edge_pruning(tiny_gpt2, task, mask="sigmod")
