@@ -13,6 +13,8 @@ discovery are printed for reference.
 
 from __future__ import annotations
 
+import json
+
 from _common import load, parser, timed
 
 from circuits import discover, evaluate, ioi_task, plot_evaluations
@@ -27,7 +29,13 @@ def main() -> None:
     p.add_argument("--test-prompts", type=int, default=None, help="default: --n-prompts")
     p.add_argument("--masks-per-pass", type=int, default=None)
     p.add_argument("--png", default=None, help="plot every curve to this file")
+    p.add_argument(
+        "--options",
+        default="{}",
+        help='JSON of options per method, e.g. \'{"edge-pruning": {"mask": "sigmoid"}}\'',
+    )
     args = p.parse_args()
+    options = json.loads(args.options)
     model = load(args)
     train = ioi_task(model, args.n_prompts, seed=args.seed, split="train")
     test = ioi_task(model, args.test_prompts or args.n_prompts, seed=args.seed, split="test")
@@ -38,7 +46,8 @@ def main() -> None:
     results = {}
     summary = []
     for method in args.methods.split(","):
-        graph, seconds = timed(lambda m=method: discover(model, train, m, "edge"))
+        kwargs = options.get(method, {})
+        graph, seconds = timed(lambda m=method: discover(model, train, m, "edge", **kwargs))
         for selection in args.selections.split(","):
             result = evaluate(
                 model,
