@@ -47,7 +47,7 @@ def main() -> None:
     summary = []
     for method in args.methods.split(","):
         kwargs = options.get(method, {})
-        graph, seconds = timed(lambda m=method: discover(model, train, m, "edge", **kwargs))
+        graph, seconds = timed(lambda m=method, kw=kwargs: discover(model, train, m, "edge", **kw))
         for selection in args.selections.split(","):
             result = evaluate(
                 model,
