@@ -70,8 +70,10 @@ class _MaskedPatcher:
 
     def __init__(self, layout: GraphLayout, weight: Tensor, source: dict[str, Tensor]) -> None:
         self.layout, self.weight, self.source = layout, weight, source
-        self.deltas: list[tuple[int, int, Tensor]] = []  # (first writer, count, (n, pos, w, d))
+        # (first writer, count, deltas of shape (count, n * pos * d)), in writer order
+        self.deltas: list[tuple[int, int, Tensor]] = []
         self.stacked: dict[int, Tensor] = {}
+        self.shape: tuple[int, int, int] = (0, 0, 0)  # (n, pos, d) of the run
 
     def hooks(self) -> dict[str, Callable[[Tensor, Site], Tensor | None]]:
         fns: dict[str, Callable] = {g.site: self._writer(g) for g in self.layout.writer_groups}
