@@ -702,10 +702,17 @@ class CircuitGraph:
         return draw(self, path, in_graph_only=in_graph_only, max_edges=max_edges, ax=ax)
 
     def to_html(self, path: Any = None, *, max_edges: int = 400) -> str:
-        """A standalone HTML page (inline SVG drawing and tables; no network needed)."""
+        """A standalone interactive page (pan, zoom, hover, a top-k slider; no network needed)."""
         from ._graph_draw import to_html
 
         return to_html(self, path, max_edges=max_edges)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: the interactive viewer inline (the page of ``to_html`` in an
+        iframe, with at most the strongest 20,000 edges and the circuit embedded)."""
+        from ._viewer import notebook_html
+
+        return notebook_html(self)
 
     def summary(self, k: int = 10) -> str:
         """A short text summary: sizes, provenance and the top components."""

@@ -1,10 +1,8 @@
-"""Pictures of a ``CircuitGraph``: a drawing laid out by layer (matplotlib, PNG or SVG) and a
-standalone HTML page that embeds that drawing as inline SVG (it works offline: no CDN)."""
+"""Pictures of a ``CircuitGraph``: a drawing laid out by layer (matplotlib, PNG or SVG) and the
+``html`` export, the interactive standalone page of :mod:`interp._viewer` (it works offline)."""
 
 from __future__ import annotations
 
-import html
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -16,8 +14,11 @@ from ._graph import CircuitGraph
 from ._graph_io import _node_color, node_layer
 
 
-def _chosen(g: CircuitGraph, in_graph_only: bool, max_edges: int) -> tuple[list[int], list[int]]:
-    """Node and edge indices to draw: the circuit (or everything), strongest edges first."""
+def _chosen(
+    g: CircuitGraph, in_graph_only: bool, max_edges: int
+) -> tuple[list[int], list[int], int]:
+    """Node and edge indices to draw: the circuit (or everything), strongest edges first; and
+    how many edges there were before the cut to ``max_edges``."""
     if in_graph_only and (g.n_nodes_in_graph or g.n_edges_in_graph):
         nodes = g.node_in_graph.nonzero().flatten().tolist()
         edges = g.edge_in_graph.nonzero().flatten()
@@ -25,8 +26,8 @@ def _chosen(g: CircuitGraph, in_graph_only: bool, max_edges: int) -> tuple[list[
         nodes = list(range(len(g.node_names)))
         edges = torch.arange(len(g.edge_src))
     strength = g.edge_scores[edges].double().abs().nan_to_num(nan=0.0)
-    edges = edges[strength.argsort(descending=True, stable=True)][:max_edges].tolist()
-    return nodes, edges
+    edges = edges[strength.argsort(descending=True, stable=True)]
+    return nodes, edges[:max_edges].tolist(), len(edges)
 
 
 def _layout(g: CircuitGraph, nodes: list[int], edges: list[int]) -> dict[int, tuple[float, float]]:
@@ -68,6 +69,21 @@ def _longest_path_layers(g: CircuitGraph, nodes: list[int], edges: list[int]) ->
     return {i: depth[members[i]] for i in nodes}
 
 
+def _finite_scale(scores: list[float]) -> float:
+    """The largest finite |score| (0 when there is none): what edge widths are relative to."""
+    return max((abs(x) for x in scores if math.isfinite(x)), default=0.0)
+
+
+def _strength(score: float, scale: float) -> float:
+    """How strongly to draw an edge, in [0, 1]: ``|score| / scale``. Infinite scores draw at
+    full strength (they would make every ratio NaN), unscored (NaN) ones faintly."""
+    if math.isnan(score):
+        return 0.2
+    if math.isinf(score):
+        return 1.0
+    return min(1.0, abs(score) / scale) if scale else 0.2
+
+
 def draw(
     g: CircuitGraph,
     path: Any = None,
@@ -77,7 +93,7 @@ def draw(
     ax: Any = None,
     format: str | None = None,
 ) -> Any:
-    nodes, edges = _chosen(g, in_graph_only, max_edges)
+    nodes, edges, n_edges = _chosen(g, in_graph_only, max_edges)
     pos = _layout(g, nodes, edges)
     rows = {p[1] for p in pos.values()}
     widest = max((sum(1 for p in pos.values() if p[1] == y) for y in rows), default=1)
@@ -93,7 +109,7 @@ def draw(
 
             fig = Figure(figsize=size)
             ax = fig.add_subplot()
-    _draw_on(g, ax, nodes, edges, pos)
+    _draw_on(g, ax, nodes, edges, pos, n_edges)
     if fig is not None:
         fig.tight_layout()
         if path is not None:
@@ -109,17 +125,15 @@ def _draw_on(
     nodes: list[int],
     edges: list[int],
     pos: dict[int, tuple[float, float]],
+    n_edges: int,
 ) -> None:
-    scale = max(
-        (abs(float(g.edge_scores[e])) for e in edges if not math.isnan(float(g.edge_scores[e]))),
-        default=0.0,
-    )
+    scale = _finite_scale([float(g.edge_scores[e]) for e in edges])
     for e in edges:
         s, d = int(g.edge_src[e]), int(g.edge_dst[e])
         if s not in pos or d not in pos:
             continue
         score = float(g.edge_scores[e])
-        strength = abs(score) / scale if scale and not math.isnan(score) else 0.2
+        strength = _strength(score, scale)
         (x0, y0), (x1, y1) = pos[s], pos[d]
         ax.annotate(
             "",
@@ -128,7 +142,7 @@ def _draw_on(
             arrowprops={
                 "arrowstyle": "-|>",
                 "lw": 0.3 + 3 * strength,
-                "color": "#b2182b" if score < 0 else "#2166ac",
+                "color": "#999999" if math.isnan(score) else "#b2182b" if score < 0 else "#2166ac",
                 "alpha": 0.25 + 0.6 * strength,
                 "shrinkA": 9,
                 "shrinkB": 9,
@@ -155,58 +169,31 @@ def _draw_on(
     title = g.method or "circuit"
     if g.model:
         title += f" on {g.model.name}"
-    ax.set_title(f"{title}: {len(nodes)} nodes, {len(edges)} edges")
-
-
-def _svg(g: CircuitGraph, max_edges: int) -> str:
-    buffer = io.StringIO()
-    draw(g, buffer, max_edges=max_edges, format="svg")
-    text = buffer.getvalue()
-    return text[text.index("<svg") :]
-
-
-def _table(df: Any, k: int) -> str:
-    df = df.assign(abs=df["score"].abs()).sort_values("abs", ascending=False).head(k)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns if c != "abs")
-    rows = []
-    for _, row in df.iterrows():
-        cells = "".join(
-            f"<td>{html.escape(f'{v:.6g}' if isinstance(v, float) else str(v))}</td>"
-            for c, v in row.items()
-            if c != "abs"
-        )
-        rows.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    shown = (
+        f"{len(edges)} edges"
+        if len(edges) == n_edges
+        else f"the strongest {len(edges)} of {n_edges} edges"
+    )
+    ax.set_title(f"{title}: {len(nodes)} nodes, {shown}")
 
 
 def to_html(g: CircuitGraph, path: Any = None, *, max_edges: int = 400) -> str:
-    title = html.escape(repr(g))
-    summary = html.escape(g.summary())
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: Helvetica, Arial, sans-serif; margin: 2em; color: #222; }}
-pre {{ background: #f6f6f6; padding: 1em; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
-td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: left; }}
-.figure svg {{ max-width: 100%; height: auto; }}
-</style></head><body>
-<h1>Circuit graph</h1>
-<pre>{summary}</pre>
-<div class="figure">{_svg(g, max_edges)}</div>
-<h2>Nodes (top 50 by |score|)</h2>{_table(g.nodes_df(), 50)}
-<h2>Edges (top 100 by |score|)</h2>{_table(g.edges_df(), 100) if len(g.edge_src) else "<p>none</p>"}
-</body></html>
-"""
+    """The interactive standalone page (:func:`interp._viewer.viewer_html`), every edge embedded;
+    ``max_edges`` is the top-k it opens with when the graph has no circuit of its own."""
+    from ._viewer import viewer_html
+
+    page = viewer_html(g, initial_k=max_edges)
     if path is not None:
-        Path(path).write_text(page)
+        Path(path).write_text(page, encoding="utf-8")
     return page
 
 
 # -- the export formats these functions implement ------------------------------------------------
 
 
-@register_format("html", suffixes=(".html", ".htm"), description="a standalone HTML page")
+@register_format(
+    "html", suffixes=(".html", ".htm"), description="an interactive standalone page (offline)"
+)
 def _write_html(g: CircuitGraph, path: Path) -> None:
     to_html(g, path)
 
