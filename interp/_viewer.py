@@ -192,10 +192,29 @@ def _kind(name: str) -> int:
 
 
 def _positions(g: CircuitGraph) -> tuple[list[float], list[float]]:
-    """Each node's column (centred in its row) and row (its layer: input at 0, logits on top),
-    as the static drawing lays them out."""
+    """Each node's column and row, input at the bottom and logits on top.
+
+    A transformer graph gets one row per layer: its heads side by side, its MLP to their right
+    and half a row higher (it reads them), which halves the height of the static drawing's
+    layout. Other graphs are laid out as the static drawing lays them out."""
     from ._graph_draw import _layout
 
+    kinds = [_kind(n) for n in g.node_names]
+    if g.model is not None and KINDS.index("other") not in kinds:
+        n_heads = g.model.n_heads
+        x, y = [], []
+        for name, kind in zip(g.node_names, kinds, strict=True):
+            if KINDS[kind] == "head":
+                layer, head = (int(part[1:]) for part in name.split("."))
+                x.append(head - (n_heads - 1) / 2)
+                y.append(layer + 1.0)
+            elif KINDS[kind] == "mlp":
+                x.append((n_heads - 1) / 2 + 1.25)
+                y.append(int(name[1:]) + 1.5)
+            else:
+                x.append(0.0)
+                y.append(0.0 if name == "input" else g.model.n_layers + 1.0)
+        return x, y
     nodes = list(range(len(g.node_names)))
     pos = _layout(g, nodes, list(range(len(g.edge_src))))
     return [round(pos[i][0], 3) for i in nodes], [round(pos[i][1], 3) for i in nodes]

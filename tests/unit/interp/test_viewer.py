@@ -101,6 +101,7 @@ def test_circuit_bit_and_rows() -> None:
     assert data["initial"]["mode"] == "circuit"
     y = dict(zip(data["nodes"]["names"], data["nodes"]["y"], strict=True))
     assert y["input"] < y["a0.h0"] < y["m0"] < y["a1.h1"] < y["m2"] < y["logits"]  # bottom to top
+    assert y["a1.h0"] == y["a1.h1"]  # a layer's heads side by side
 
 
 def test_odd_scores_never_crash(tmp_path) -> None:
@@ -320,6 +321,8 @@ def test_viewer_in_chromium(browser, tiny_gpt2, tmp_path) -> None:
     page.mouse.up()
     assert page.get_attribute("#scene", "transform") != zoomed
 
+    page.keyboard.press("Escape")
+    assert page.locator(".node.selected").count() == 0
     page.click("#fit")
     page.screenshot(path=tmp_path / "viewer.png")
     assert (tmp_path / "viewer.png").stat().st_size > 10_000
