@@ -33,7 +33,7 @@ from torch import Tensor
 from interp import CircuitGraph, GraphLayout, InterpError, Site, TransformerModel, progress_bar
 
 from ._edges import check_layout, prepare_edge_model
-from ._options import Component, Direction, check_option
+from ._options import Component, Direction, IgOver, check_option
 from ._patching import COMPONENTS, base_and_source, check_component
 from ._tasks import Task
 
@@ -190,6 +190,26 @@ def _stack_writers(layout: GraphLayout, acts: dict[str, Tensor]) -> Tensor:
     )
 
 
+def _accumulate(
+    edges: Tensor,
+    nodes: Tensor,
+    layout: GraphLayout,
+    deltas: Tensor,
+    grads: dict[str, Tensor],
+    weight: float,
+) -> None:
+    """Add ``weight`` x (source - base) . gradient to every edge and node score."""
+    # one matmul per reader group: (h, n*pos*d) @ (n*pos*d, writers so far)
+    flat = deltas.permute(0, 1, 3, 2).reshape(-1, layout.n_writers)
+    for g in layout.reader_groups:
+        grad = grads[g.site] if g.per_head else grads[g.site][:, :, None]
+        grad = grad.permute(2, 0, 1, 3).reshape(len(g.index), -1)
+        block = grad @ flat[:, : g.n_prior]
+        edges[list(g.index), : g.n_prior] += weight * block.double().cpu()
+    writer_grads = _stack_writers(layout, grads)
+    nodes += weight * (deltas.double() * writer_grads.double()).sum((0, 1, 3)).cpu()
+
+
 def _edge_matrix(
     model: TransformerModel,
     layout: GraphLayout,
@@ -200,7 +220,7 @@ def _edge_matrix(
     rows_per_pass: int,
     progress: bool | None,
 ) -> tuple[Tensor, Tensor]:
-    """(readers, writers) edge scores and (writers,) node scores."""
+    """(readers, writers) edge scores and (writers,) node scores, IG over the inputs."""
     n = len(task)
     edges = torch.zeros(layout.n_readers, layout.n_writers, dtype=torch.float64)
     nodes = torch.zeros(layout.n_writers, dtype=torch.float64)
@@ -210,18 +230,92 @@ def _edge_matrix(
     for chunk in progress_bar(chunks, desc="attribution", progress=progress):
         run = _attribution_pass(model, task.subset(chunk), sites, direction, alphas, gradient_rules)
         deltas = _stack_writers(layout, run.source) - _stack_writers(layout, run.base)
-        grads = run.grads
-        weight = (chunk.stop - chunk.start) / n
-        # one matmul per reader group: (h, n*pos*d) @ (n*pos*d, writers so far)
-        flat = deltas.permute(0, 1, 3, 2).reshape(-1, layout.n_writers)
-        for g in layout.reader_groups:
-            grad = grads[g.site] if g.per_head else grads[g.site][:, :, None]
-            grad = grad.permute(2, 0, 1, 3).reshape(len(g.index), -1)
-            block = grad @ flat[:, : g.n_prior]
-            edges[list(g.index), : g.n_prior] += weight * block.double().cpu()
-        writer_grads = _stack_writers(layout, grads)
-        nodes += weight * (deltas.double() * writer_grads.double()).sum((0, 1, 3)).cpu()
+        _accumulate(edges, nodes, layout, deltas, run.grads, (chunk.stop - chunk.start) / n)
     return edges, nodes
+
+
+def _activation_path_matrix(
+    model: TransformerModel,
+    layout: GraphLayout,
+    task: Task,
+    direction: Direction,
+    alphas: tuple[float, ...],
+    gradient_rules: GradientRules,
+    rows_per_pass: int,
+    progress: bool | None,
+) -> tuple[Tensor, Tensor]:
+    """Edge and node scores with IG along each writer group's activations (MIB's
+    EAP-IG-activations).
+
+    For every writer group (the input, each layer's attention, each MLP) and every point
+    ``alpha`` of the path, one copy of the base prompts runs with that group's output replaced
+    by ``a_base + alpha (a_source - a_base)`` (a constant: no gradient flows into the group
+    through it) and everything else computed as usual. The gradients at every reader, averaged
+    over all ``groups x points`` copies, multiply the plain runs' activation differences. The
+    copies ride in passes of ``rows_per_pass`` rows."""
+    n = len(task)
+    edges = torch.zeros(layout.n_readers, layout.n_writers, dtype=torch.float64)
+    nodes = torch.zeros(layout.n_writers, dtype=torch.float64)
+    writer_sites = [g.site for g in layout.writer_groups]
+    sites = [g.site for g in layout.reader_groups] + writer_sites
+    copies = [(g.site, alpha) for g in layout.writer_groups for alpha in alphas]
+    chunk_size = max(1, min(n, rows_per_pass))
+    per_pass = max(1, rows_per_pass // chunk_size)
+    work = [
+        (slice(start, min(n, start + chunk_size)), first)
+        for start in range(0, n, chunk_size)
+        for first in range(0, len(copies), per_pass)
+    ]
+    cached: tuple[slice, Tensor, dict[str, Tensor], dict[str, Tensor]] | None = None
+    for chunk, first in progress_bar(work, desc="attribution", progress=progress):
+        part = task.subset(chunk)
+        if cached is None or cached[0] != chunk:
+            base, source = base_and_source(part, direction)
+            with torch.no_grad():
+                _, src = model.run_with_cache(source, writer_sites)
+                _, own = model.run_with_cache(base, writer_sites)
+            cached = (chunk, base, src, own)
+        _, base, src, own = cached
+        batch = copies[first : first + per_pass]
+        hooks = _interpolation_hooks(batch, src, own)
+        with _rules(model, gradient_rules), model.hooks(hooks):
+            run = model.run_with_grads(base.repeat(len(batch), 1), part.measure, sites)
+        m = base.shape[0]
+        grads = {
+            str(Site.parse(s)): run.gradients[s].unflatten(0, (len(batch), m)).sum(0) for s in sites
+        }
+        deltas = _stack_writers(layout, src) - _stack_writers(layout, own)
+        # the metric is a mean over the pass's copies: scale its sum to the mean over all
+        weight = (chunk.stop - chunk.start) / n * len(batch) / len(copies)
+        _accumulate(edges, nodes, layout, deltas, grads, weight)
+    return edges, nodes
+
+
+def _interpolation_hooks(
+    batch: list[tuple[str, float]], source: dict[str, Tensor], base: dict[str, Tensor]
+) -> dict[str, Callable[[Tensor, Site], Tensor]]:
+    """Writer hooks for a pass whose copy i replaces group ``batch[i][0]``'s output by the
+    point ``batch[i][1]`` between its base and source activations."""
+    by_site: dict[str, list[tuple[int, float]]] = {}
+    for i, (site, alpha) in enumerate(batch):
+        by_site.setdefault(site, []).append((i, alpha))
+
+    def hook(site: str, places: list[tuple[int, float]]) -> Callable[[Tensor, Site], Tensor]:
+        def interpolate(x: Tensor, _: Site) -> Tensor:
+            x = x.unflatten(0, (len(batch), -1))
+            a, b = base[site].to(x.dtype), source[site].to(x.dtype)
+            rows = [i for i, _ in places]
+            points = torch.stack([a + alpha * (b - a) for _, alpha in places])
+            keep = torch.ones(len(batch), dtype=torch.bool, device=x.device)
+            keep[rows] = False
+            full = x.detach().clone()
+            full[rows] = points
+            shape = (len(batch),) + (1,) * (x.ndim - 1)
+            return torch.where(keep.view(shape), x, full).flatten(0, 1)
+
+        return interpolate
+
+    return {site: hook(site, places) for site, places in by_site.items()}
 
 
 def edge_attribution(
@@ -231,6 +325,7 @@ def edge_attribution(
     *,
     ig_steps: int = 1,
     ig_alphas: Sequence[float] | None = None,
+    ig_over: IgOver = "inputs",
     direction: Direction = "denoising",
     gradient_rules: GradientRules = None,
     rows_per_pass: int = DEFAULT_ROWS_PER_PASS,
@@ -242,6 +337,12 @@ def edge_attribution(
     own copy of the residual its KV head reads; their scores add up to what the shared KV input
     would get. Node scores (AtP of each writer) come along for free.
 
+    ``ig_over="inputs"`` (EAP-IG, Hanna et al. 2024) walks the path on the input embeddings,
+    all points in one pass. ``"activations"`` (MIB's EAP-IG-activations) walks it on each
+    writer group's output in turn (the input, each attention layer, each MLP), the rest of the
+    model computed as usual: ``2 n_layers + 1`` times the gradient passes, and the gradients of
+    a group's own readers come only from the copies that leave that group alone.
+
     Returns
     -------
     CircuitGraph
@@ -249,10 +350,12 @@ def edge_attribution(
     """
     alphas = _path(ig_steps, ig_alphas)
     check_option("direction", direction, Direction)
+    check_option("ig_over", ig_over, IgOver)
     edge_model, layout = prepare_edge_model(model)
     graph = CircuitGraph.from_model(model) if graph is None else graph
     check_layout(graph, layout)
-    edges, nodes = _edge_matrix(
+    matrix = _edge_matrix if ig_over == "inputs" else _activation_path_matrix
+    edges, nodes = matrix(
         edge_model, layout, task, direction, alphas, gradient_rules, rows_per_pass, progress
     )
     return graph.with_scores(
@@ -265,6 +368,7 @@ def edge_attribution(
             **graph.meta,
             "direction": direction,
             "ig_alphas": list(alphas),
+            "ig_over": ig_over,
             "n_prompts": len(task),
         },
     )

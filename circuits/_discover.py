@@ -274,6 +274,18 @@ def _eap_ig(
 
 
 @register_method(
+    "eap-ig-activations",
+    levels=("edge",),
+    description="EAP-IG along each layer's activations in turn (MIB; 5 steps, 2 n_layers + 1 "
+    "times EAP-IG's gradient passes)",
+)
+def _eap_ig_activations(
+    model: TransformerModel, task: Task, level: str, *, ig_steps: int = 5, **options: Any
+) -> CircuitGraph:
+    return edge_attribution(model, None, task, ig_steps=ig_steps, ig_over="activations", **options)
+
+
+@register_method(
     "clean-corrupted",
     levels=("edge", "node"),
     description="EAP with the gradient averaged over the corrupted and the clean run (a "

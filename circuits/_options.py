@@ -11,6 +11,7 @@ __all__ = [
     "Ablation",
     "Component",
     "Direction",
+    "IgOver",
     "Level",
     "Run",
     "Selection",
@@ -22,6 +23,7 @@ __all__ = [
 Direction = Literal["denoising", "noising"]
 Ablation = Literal["corrupt", "mean", "zero"]  # what an edge outside the circuit carries
 Level = Literal["edge", "node"]
+IgOver = Literal["inputs", "activations"]  # where EAP-IG walks its path
 Component = Literal["heads", "attn", "mlp", "resid"]
 Run = Literal["clean", "corrupt"]  # the prompts edge patching runs
 Source = Literal["clean", "corrupt", "mean", "zero"]  # where patched activations come from

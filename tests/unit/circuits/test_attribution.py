@@ -185,3 +185,54 @@ def test_relp_equals_atp_where_its_rules_have_nothing_to_change() -> None:
     torch.testing.assert_close(*scores["linear"], atol=1e-6, rtol=1e-5)
     gap = {act: float((atp - relp).abs().max()) for act, (atp, relp) in scores.items()}
     assert gap["gelu_new"] > 100 * gap["linear"], gap
+
+
+def reference_activation_ig(model: interp.TransformerModel, task, steps: int) -> torch.Tensor:
+    """EAP-IG-activations as MIB's ``get_scores_ig_activations`` writes it, one run per
+    (writer group, step), each group's output replaced by a constant point of its path."""
+    from circuits import prepare_edge_model
+
+    edge_model, layout = prepare_edge_model(model)
+    base, source = task.corrupt, task.clean  # denoising
+    writers = [g.site for g in layout.writer_groups]
+    readers = [g.site for g in layout.reader_groups]
+    _, src = edge_model.run_with_cache(source, writers)
+    _, own = edge_model.run_with_cache(base, writers)
+    total = {site: 0.0 for site in readers}
+    runs = 0
+    for site in writers:
+        for k in range(steps):
+            point = (own[site] + k / steps * (src[site] - own[site])).detach()
+            with edge_model.hooks({site: lambda x, _, p=point: p + 0 * x}):
+                run = edge_model.run_with_grads(base, task.measure, readers)
+            for reader in readers:
+                total[reader] = total[reader] + run.gradients[reader]
+            runs += 1
+    deltas = []
+    for g in layout.writer_groups:
+        delta = src[g.site] - own[g.site]
+        deltas.append(delta if g.per_head else delta[:, :, None])
+    deltas = torch.cat(deltas, dim=2).double()  # (n, pos, writers, d)
+    edges = torch.zeros(layout.n_readers, layout.n_writers, dtype=torch.float64)
+    for g in layout.reader_groups:
+        grad = (total[g.site] / runs).double()
+        grad = grad if g.per_head else grad[:, :, None]
+        for j, row in enumerate(g.index):
+            edges[row, : g.n_prior] = torch.einsum(
+                "npwd,npd->w", deltas[:, :, : g.n_prior], grad[:, :, j]
+            )
+    return layout.from_matrix(edges)
+
+
+def test_eap_ig_over_activations_equals_a_run_per_group_and_step(tiny_gpt2, tiny_llama) -> None:
+    for model in (tiny_gpt2, tiny_llama):
+        task = ioi_task(model, 3, seed=5, template_ids=[0])
+        want = reference_activation_ig(model, task, steps=3)
+        # 2 prompts per pass with one copy each: prompts and copies both split across passes
+        got = edge_attribution(
+            model, None, task, ig_steps=3, ig_over="activations", rows_per_pass=2
+        )
+        assert got.meta["ig_over"] == "activations"
+        torch.testing.assert_close(got.edge_scores.double(), want, rtol=1e-4, atol=1e-6)
+        inputs = edge_attribution(model, None, task, ig_steps=3)
+        assert not torch.allclose(inputs.edge_scores.double(), want, rtol=1e-3, atol=1e-5)

@@ -22,7 +22,14 @@ def test_unknown_method_and_level(tiny_gpt2) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "level"), [("atp", "node"), ("eap", "edge"), ("eap-ig", "edge"), ("eap-ig", "node")]
+    ("method", "level"),
+    [
+        ("atp", "node"),
+        ("eap", "edge"),
+        ("eap-ig", "edge"),
+        ("eap-ig", "node"),
+        ("eap-ig-activations", "edge"),
+    ],
 )
 def test_discover_returns_scored_graphs(tiny_gpt2, method: str, level: str) -> None:
     task = ioi_task(tiny_gpt2, 4)
