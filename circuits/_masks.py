@@ -12,8 +12,12 @@ sigmoid with logistic noise during training, and an expected density that a Lagr
 default the KL divergence from the full model's next-token distribution on the clean prompts.
 
 The masks start from a first-stage score (EAP-IG by default: the warm start of the MIB shared
-task's best entries), and the learned log-alphas are the edge scores of the returned graph, so
-any selection (``top(k, absolute=False)``) and :func:`~circuits.evaluate` apply to them.
+task's best entries) or, without one, all on (the full model). As in Edge Pruning, the target
+density falls linearly from the starting density to ``target`` over the first half of the
+steps; the fit is measured in units of the empty circuit's (its KL, or its squared metric gap),
+so the Lagrangian meets a fit of order one on any task. The learned log-alphas are the edge
+scores of the returned graph, so any selection (``top(k, absolute=False)``) and
+:func:`~circuits.evaluate` apply to them.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from ._tasks import Task
 __all__ = ["edge_pruning", "masked_metric"]
 
 BETA, LEFT, RIGHT = 2 / 3, -0.1, 1.1  # hard-concrete temperature and stretch (Louizos et al.)
+FULL_LOG_ALPHA = 3.0  # without a warm start every mask starts (almost surely) on: the full model
 
 
 def _masks(log_alpha: Tensor, sample: bool, kind: str = "hard-concrete") -> Tensor:
@@ -178,8 +183,8 @@ def edge_pruning(
     steps, lr : int, float
         Adam steps on the log-alphas (and ascent on the two Lagrange multipliers).
     init : CircuitGraph, optional
-        Edge scores to warm-start from (signed: the top ``target`` share starts kept); zeros
-        (every mask at 0.5) when not given.
+        Edge scores to warm-start from (signed: the top ``target`` share starts kept); every
+        mask on when not given.
     objective : {"kl", "metric"}
         ``kl``: KL divergence from the full model's next-token distribution at the last
         position; ``metric``: the squared gap between the circuit's task metric and the full
@@ -216,13 +221,20 @@ def edge_pruning(
         check_layout(init, layout)
         log_alpha = _warm_start(init.edge_scores.float(), target, scale=2.0)
     else:
-        log_alpha = torch.zeros(len(layout.edge_src))
+        log_alpha = torch.full((len(layout.edge_src),), FULL_LOG_ALPHA)
     log_alpha = log_alpha.to(device).requires_grad_(True)
     lambdas = torch.zeros(2, device=device, requires_grad=True)
     measured = task.with_metric("kl", edge_model) if objective == "kl" else task
+    source = _corrupted_writers(edge_model, layout, task)
     with torch.no_grad():
         full = float(measured.measure(edge_model(task.clean)))
-    source = _corrupted_writers(edge_model, layout, task)
+        empty = float(measured.measure(edge_model(task.corrupt)))
+    # the fit is measured in units of the empty circuit's, so that the Lagrangian meets a fit
+    # of order one whatever the metric's scale
+    unit = abs(empty - full) if objective == "kl" else (empty - full) ** 2
+    unit = unit if unit > 0 else 1.0
+    start = float(_density(log_alpha.detach(), mask))
+    warmup = max(1, steps // 2)
     opt = torch.optim.Adam([log_alpha], lr=lr)
     ascent = torch.optim.Adam([lambdas], lr=lr, maximize=True)
     generator_state = torch.random.get_rng_state()
@@ -230,18 +242,21 @@ def edge_pruning(
     history = []
     try:
         bar = progress_bar(range(steps), desc="edge pruning", progress=progress)
-        for _ in bar:
+        for step in bar:
+            # Edge Pruning's schedule: the target density falls linearly from where the masks
+            # start to ``target`` over the first half of the steps
+            goal = target + (start - target) * max(0.0, 1 - (step + 1) / warmup)
             keep = _masks(log_alpha, sample=True, kind=mask)
             value = masked_metric(edge_model, measured, keep, source)
-            loss_fit = value if objective == "kl" else (value - full) ** 2
-            gap = _density(log_alpha, mask) - target
+            loss_fit = (value if objective == "kl" else (value - full) ** 2) / unit
+            gap = _density(log_alpha, mask) - goal
             loss = loss_fit + lambdas[0] * gap + lambdas[1] * gap**2
             opt.zero_grad()
             ascent.zero_grad()
             loss.backward()
             opt.step()
             ascent.step()
-            history.append((float(loss_fit.detach()), float(gap.detach()) + target))
+            history.append((float(loss_fit.detach()), float(gap.detach()) + goal))
             bar.set_postfix(fit=f"{history[-1][0]:.4g}", density=f"{history[-1][1]:.4f}")
     finally:
         torch.random.set_rng_state(generator_state)
