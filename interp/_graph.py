@@ -632,7 +632,14 @@ class CircuitGraph:
 
     @classmethod
     def from_json(cls, source: Any) -> CircuitGraph:
-        """Load from a JSON string or a file path. Never executes code."""
+        """Load from a file path, JSON text or a dict. Never executes code.
+
+        A ``str`` is a path when it names an existing file or ends in ``.json`` (so
+        ``'{copy}.json'`` is a file name), and JSON text when it starts with ``{``; a
+        ``pathlib.Path`` is always a path. A file must be UTF-8 JSON; anything malformed (a
+        directory, binary data, truncated or deeply nested JSON, a wrong field) raises a
+        :class:`GraphFormatError` that names the problem.
+        """
         from ._graph_io import from_json
 
         return from_json(source)

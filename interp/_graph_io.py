@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -201,23 +202,75 @@ def to_json(g: CircuitGraph, path: Any = None, *, indent: int | None = None) -> 
     return text
 
 
+def _is_file(name: str) -> bool:
+    try:
+        return Path(name).is_file()
+    except (OSError, ValueError):  # too long for a file name, or a NUL byte in it
+        return False
+
+
+def _is_json_text(source: str) -> bool:
+    """Whether a string is JSON text rather than a file name: it starts with ``{`` (or ``[``),
+    does not end in ``.json`` and names no existing file. ``'{copy}.json'`` is a file name."""
+    text = source.strip()
+    return text.startswith(("{", "[")) and not text.endswith(".json") and not _is_file(source)
+
+
+def read_text_file(path: Any, what: str = "graph file") -> str:
+    """The UTF-8 text of a file, or a :class:`GraphFormatError` that says why it cannot be read
+    (missing, a directory, unreadable, not UTF-8)."""
+    where = str(path)
+    path = Path(path)
+    if not _is_file(where):
+        try:
+            is_dir = path.is_dir()
+        except (OSError, ValueError):  # a name no file can have (too long, a NUL byte)
+            is_dir = False
+        if is_dir:
+            raise GraphFormatError(f"{where!r} is a directory; give a {what} (JSON).")
+        raise GraphFormatError(f"No {what} at {where[:200]!r}.")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:  # e.g. no permission to read it
+        raise GraphFormatError(f"Cannot read the {what} {where!r}: {err.strerror}.") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise GraphFormatError(
+            f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); a "
+            f"{what} is JSON. Is it a binary file (e.g. a PNG export)?"
+        ) from None
+
+
 def _load_json_text(source: Any) -> tuple[Any, str]:
-    """Parse JSON from a dict, a JSON string or a path; returns (data, description)."""
+    """Parse JSON from a dict, JSON text (``str`` or ``bytes``) or a path; returns (data,
+    description). See :meth:`CircuitGraph.from_json` for how a string is read."""
     if isinstance(source, dict):
         return source, "dict"
-    if isinstance(source, str) and source.lstrip().startswith("{"):
+    if isinstance(source, bytes | bytearray):
+        try:
+            text, where = bytes(source).decode("utf-8"), "JSON bytes"
+        except UnicodeDecodeError as err:
+            raise GraphFormatError(f"JSON bytes: not UTF-8 ({err.reason}).") from None
+    elif isinstance(source, str) and _is_json_text(source):
         text, where = source, "JSON text"
+    elif isinstance(source, str | os.PathLike):
+        text, where = read_text_file(source), str(source)
     else:
-        path = Path(source)
-        if not path.exists():
-            raise GraphFormatError(f"No graph file at {str(path)!r}.")
-        text, where = path.read_text(), str(path)
+        raise GraphFormatError(
+            f"A graph is read from a file path, JSON text or a dict; got {type(source).__name__}."
+        )
     try:
         return json.loads(text), where
     except json.JSONDecodeError as err:
         raise GraphFormatError(
             f"{where}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
             "the file may be truncated."
+        ) from None
+    except RecursionError:
+        raise GraphFormatError(
+            f"{where}: JSON nested too deeply to be a circuit graph (a graph file nests a few "
+            "levels)."
         ) from None
 
 
@@ -275,6 +328,26 @@ def to_eap_ig(g: CircuitGraph, path: Any = None) -> dict[str, Any]:
     return data
 
 
+def eap_ig_sizes(n_layers: int, n_heads: int, parallel_attn_mlp: bool = False) -> tuple[int, int]:
+    """Nodes and edges of EAP-IG's graph of a transformer, counted without building it.
+
+    Writers are ``input``, every head and every MLP; a head reads (through 3 ports) what the
+    earlier layers wrote, an MLP also its own layer's heads (unless attention and MLP run in
+    parallel), ``logits`` everything.
+
+    Examples
+    --------
+    >>> spec = ModelSpec(name="toy", architecture="gpt2", n_layers=3, n_heads=2, d_model=8)
+    >>> g = CircuitGraph.from_model(spec)
+    >>> eap_ig_sizes(3, 2) == (len(g.node_names), len(g.edge_src))
+    True
+    """
+    L, H = n_layers, n_heads
+    earlier = L + (H + 1) * L * (L - 1) // 2  # sum over layers of the writers before each
+    edges = (3 * H + 1) * earlier + (0 if parallel_attn_mlp else L * H) + 1 + L * (H + 1)
+    return L * (H + 1) + 2, edges
+
+
 def from_eap_ig(source: Any, *, name: str = "eap-ig") -> CircuitGraph:
     data, where = _load_json_text(source)
     if not isinstance(data, dict) or not {"cfg", "nodes", "edges"} <= set(data):
@@ -291,13 +364,23 @@ def from_eap_ig(source: Any, *, name: str = "eap-ig") -> CircuitGraph:
             d_model=cfg.get("d_model", cfg["n_heads"]),
             parallel_attn_mlp=bool(cfg.get("parallel_attn_mlp", False)),
         )
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise GraphFormatError(f"{where}: cfg needs n_layers and n_heads ({err}).") from None
+    for key in ("nodes", "edges"):
+        if not isinstance(data[key], dict):
+            raise GraphFormatError(f"{where}: '{key}' must be an object.")
+    # EAP-IG writes every node and edge of the graph: the lists given bound the graph's size,
+    # so a small file whose cfg claims a huge model is refused before anything is allocated
+    n_nodes, n_edges = eap_ig_sizes(spec.n_layers, spec.n_heads, spec.parallel_attn_mlp)
+    if n_nodes > len(data["nodes"]) or n_edges > len(data["edges"]):
+        raise GraphFormatError(
+            f"{where}: cfg says {spec.n_layers} layers of {spec.n_heads} heads, a graph of "
+            f"{n_nodes} nodes and {n_edges} edges, but the file lists {len(data['nodes'])} "
+            f"nodes and {len(data['edges'])} edges (EAP-IG writes all of them). Is cfg right?"
+        )
     g = CircuitGraph.from_model(spec, method="eap-ig import")
     node_index, edge_index = g._node_index, g._edge_index()
     for key, index in (("nodes", node_index), ("edges", edge_index)):
-        if not isinstance(data[key], dict):
-            raise GraphFormatError(f"{where}: '{key}' must be an object.")
         unknown = [k for k in data[key] if k not in index]
         if unknown:
             raise GraphFormatError(
