@@ -129,13 +129,42 @@ def _all_modules(model: nn.Module) -> Iterator[nn.Module]:
             stack.append(original)
 
 
-def count_hooks(model: nn.Module) -> int:
-    """Number of torch hooks on a model and all its submodules (0 on a clean model)."""
+def count_hooks(model: nn.Module | HookedModel) -> int:
+    """Number of hooks added to a model: torch hooks on it and all its submodules (0 on a clean
+    model, before and after any pass, whether or not the pass raised).
+
+    A TransformerLens bridge's own capture hooks (``_capture_pre_ln1``, ``_capture_mlp_in``:
+    part of how its blocks work, wired when the model is wrapped) are not counted.
+    """
+    if isinstance(model, HookedModel):
+        model = model.model
+    own = _bridge_own_hooks(model)
     total = 0
     for m in _all_modules(model):
-        total += len(m._forward_hooks) + len(m._forward_pre_hooks)
+        for hooks in (m._forward_hooks, m._forward_pre_hooks):
+            total += sum(1 for key in hooks if (id(hooks), key) not in own)
         total += len(m._backward_hooks) + len(m._backward_pre_hooks)
     return total
+
+
+def _bridge_own_hooks(model: nn.Module) -> set[tuple[int, int]]:
+    """(id of the hook dict, hook id) of every capture hook a bridge's blocks wired."""
+    own = set()
+    for m in _all_modules(model):
+        for handle in m.__dict__.get("_capture_hook_handles", ()):
+            hooks = handle.hooks_dict_ref()
+            if hooks is not None:
+                own.add((id(hooks), handle.id))
+    return own
+
+
+def _wire_bridge_hooks(bridge: nn.Module) -> None:
+    """Wire the capture hooks each bridge block otherwise wires on its first pass, so that the
+    model's hooks are the same before and after every pass (raising or not)."""
+    for block in getattr(bridge, "blocks", ()):
+        wire = getattr(block, "_maybe_wire_capture_hooks", None)
+        if callable(wire):
+            wire()
 
 
 class HookedModel:
@@ -400,9 +429,24 @@ def _register(
     return binding.module.register_forward_hook(hook)
 
 
+def _view(binding: _Binding, site: Site, full: Tensor) -> Tensor:
+    """The site's view of the full hooked tensor; a clear error when its head or position
+    index does not fit (a position beyond the prompt: known only when the pass runs)."""
+    try:
+        return binding.view(full)
+    except IndexError:
+        shape = tuple(binding._full4(full).shape)
+        what = f"position {site.pos}" if site.pos is not None else f"head {site.head}"
+        raise ShapeError(
+            f"Site {str(site)!r} selects {what}, which the activation of shape {shape} does not "
+            "have; positions run from -length to length - 1 of the prompt as tokenized "
+            "(BOS included)."
+        ) from None
+
+
 def _view_hook(binding: _Binding, site: Site, fn: HookFn) -> Callable[[Tensor], Tensor | None]:
     def full_fn(full: Tensor) -> Tensor | None:
-        view = binding.view(full)
+        view = _view(binding, site, full)
         new = fn(view, site)
         if new is None:
             return None
@@ -420,6 +464,17 @@ def _view_hook(binding: _Binding, site: Site, fn: HookFn) -> Callable[[Tensor], 
         return binding.put(full, new)
 
     return full_fn
+
+
+def check_context(tokens: Tensor, n_ctx: int | None, name: str) -> Tensor:
+    """``tokens`` (batch, pos) if they fit in a context of ``n_ctx`` positions; else a clear
+    error (a model must never see a prompt cut short without saying so)."""
+    if n_ctx is not None and tokens.shape[-1] > n_ctx:
+        raise ShapeError(
+            f"The prompt is {tokens.shape[-1]} tokens (BOS included); {name}'s context is "
+            f"{n_ctx} tokens. Shorten it."
+        )
+    return tokens
 
 
 def binding_axes(binding: _Binding) -> str:
@@ -468,6 +523,7 @@ class TransformerModel(HookedModel):
         self.bridge = bridge
         self.spec = spec
         bridge.eval()
+        _wire_bridge_hooks(bridge)
 
     def __repr__(self) -> str:
         s = self.spec
@@ -483,10 +539,17 @@ class TransformerModel(HookedModel):
     # -- tokens -----------------------------------------------------------------------------------
 
     def to_tokens(self, text: str | Sequence[str], *, prepend_bos: bool = True) -> Tensor:
-        """Token ids, shape (batch, pos); a BOS token first unless ``prepend_bos=False``."""
+        """Token ids, shape (batch, pos); a BOS token first unless ``prepend_bos=False``.
+
+        Raises
+        ------
+        ShapeError
+            When a prompt is longer than the model's context (it is never cut silently).
+        """
         if isinstance(text, str):
             text = [text]
-        return self.bridge.to_tokens(list(text), prepend_bos=prepend_bos)
+        tokens = self.bridge.to_tokens(list(text), prepend_bos=prepend_bos, truncate=False)
+        return check_context(tokens, self.spec.n_ctx, self.spec.name)
 
     def to_str_tokens(self, tokens: Tensor | str) -> list[str]:
         """The tokens of one prompt as strings."""
@@ -515,6 +578,20 @@ class TransformerModel(HookedModel):
                 raise ShapeError(
                     f"Expected token ids of shape (batch, pos), got {tuple(inputs.shape)}."
                 )
+            check_context(inputs, self.spec.n_ctx, self.spec.name)
+            vocab = self.spec.d_vocab
+            # one check per call (not per token), so that a bad id is named instead of an
+            # index error deep inside the embedding
+            if (
+                vocab is not None
+                and inputs.numel()
+                and bool(((inputs < 0) | (inputs >= vocab)).any())
+            ):
+                bad = inputs[(inputs < 0) | (inputs >= vocab)]
+                raise ShapeError(
+                    f"Token ids must lie in 0..{vocab - 1} ({self.spec.name}'s vocabulary); "
+                    f"got {bad[0].item()}" + (f" and {len(bad) - 1} more." if len(bad) > 1 else ".")
+                )
             return inputs.to(self.device)
         raise InterpError(
             f"Model inputs must be a prompt, a list of prompts or token ids; got {type(inputs).__name__}."
@@ -523,6 +600,13 @@ class TransformerModel(HookedModel):
     @torch.no_grad()
     def top_predictions(self, prompt: str, k: int = 5) -> list[tuple[str, float, float]]:
         """The ``k`` most likely next tokens after ``prompt``: (token, logit, probability)."""
+        vocab = self.spec.d_vocab or self.bridge.cfg.d_vocab
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+            raise InterpError(f"k must be an int in 1..{vocab} (the vocabulary); got {k!r}.")
+        if not isinstance(prompt, str):
+            raise InterpError(
+                f"top_predictions takes one prompt (a str); got {type(prompt).__name__}."
+            )
         logits = self(prompt)[0, -1].float()
         probs = logits.softmax(-1)
         top = logits.topk(k)

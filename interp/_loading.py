@@ -13,20 +13,24 @@ import importlib.resources
 import importlib.util
 import io
 import json
+import math
+import mmap
 import os
 import socket
+import struct
 import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from ._errors import InterpError, ModelLoadError, NetworkRequiredError, did_you_mean
-from ._hooked import TransformerModel
+from ._hooked import TransformerModel, check_context
 from ._spec import spec_from_bridge
 
 __all__ = [
@@ -34,8 +38,11 @@ __all__ = [
     "HFSource",
     "data_path",
     "ModelEntry",
+    "ModelTokenizer",
+    "check_gguf",
     "from_hf",
     "load_model",
+    "load_tokenizer",
     "spec_from_bridge",
     "ungroup_gqa",
     "ungrouped",
@@ -71,6 +78,49 @@ class ModelEntry:
     description: str
     needs_network: bool
     loader: Callable[..., TransformerModel] | None = None
+    tokenizer_loader: Callable[..., ModelTokenizer] | None = None
+    configurable: bool = False
+    """Whether it takes config overrides (the random test models)."""
+
+
+@dataclass(frozen=True)
+class ModelTokenizer:
+    """A model's tokenizer and sizes, loaded without its weights (see :func:`load_tokenizer`).
+
+    :meth:`to_tokens` follows the same rules as the loaded model's (BOS and EOS handled as the
+    TransformerLens bridge does, prompts longer than the context refused), so inputs can be
+    checked in seconds before a long load: one-token answers, prompt lengths, equal clean and
+    corrupted lengths. Task builders (``circuits.ioi_task``, ``task_from_jsonl``) accept it in
+    place of a model for exactly that; a task to run is built again with the model.
+    """
+
+    name: str
+    tokenizer: Any
+    n_ctx: int | None = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    _cfg: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        from transformer_lens.model_bridge.sources._bridge_builder import configure_tokenizer
+
+        cfg = SimpleNamespace(
+            n_ctx=self.n_ctx, device="cpu", default_prepend_bos=True, default_padding_side=None
+        )
+        with _quiet():
+            object.__setattr__(self, "tokenizer", configure_tokenizer(self.tokenizer, cfg))
+        object.__setattr__(self, "_cfg", cfg)
+
+    def to_tokens(self, text: str | list[str], *, prepend_bos: bool = True) -> torch.Tensor:
+        """Token ids, shape (batch, pos), as :meth:`TransformerModel.to_tokens` makes them."""
+        from transformer_lens.model_bridge import TransformerBridge
+
+        texts = [text] if isinstance(text, str) else list(text)
+        holder = SimpleNamespace(cfg=self._cfg, tokenizer=self.tokenizer)
+        tokens = TransformerBridge.to_tokens(
+            holder, texts, prepend_bos=prepend_bos, move_to_device=False, truncate=False
+        )
+        return check_context(tokens, self.n_ctx, self.name)
 
 
 # -- the one bridge path ------------------------------------------------------------------------
@@ -102,6 +152,7 @@ def from_hf(
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    device = _check_device(device)
     hf_model.eval()
     # The bridge rewires the HF model in place; keep its config and (shared, not copied)
     # weights under their HF names so that variants such as ungroup_gqa can be rebuilt.
@@ -113,7 +164,10 @@ def from_hf(
             architecture_name or name, hf_model=hf_model, tokenizer=tokenizer
         )
     if device is not None:
-        bridge.to(device)
+        try:
+            bridge.to(device)
+        except (RuntimeError, AssertionError) as err:  # e.g. a CUDA device on a machine without one
+            raise ModelLoadError(f"Cannot move the model to {device}: {err}") from None
     for p in bridge.parameters():
         p.requires_grad_(False)  # activations still carry gradients; parameters never need them
     model = TransformerModel(bridge, spec_from_bridge(bridge, name))
@@ -217,32 +271,202 @@ def embedded_gguf() -> Path:
 _GGUF_WEIGHTS: dict[tuple[str, torch.dtype], tuple[Any, dict[str, torch.Tensor], Any]] = {}
 
 
+_GGUF_TOKENIZERS: dict[str, Any] = {}
+
+
+def _gguf_tokenizer(path: Path) -> Any:
+    """The tokenizer stored in a GGUF file (read once per process: ``load_tokenizer`` and
+    ``load_model`` share it)."""
+    from transformers import AutoTokenizer
+
+    key = str(path.resolve())
+    if key not in _GGUF_TOKENIZERS:
+        try:
+            with _quiet():
+                _GGUF_TOKENIZERS[key] = AutoTokenizer.from_pretrained(
+                    str(path.parent), gguf_file=path.name
+                )
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise ModelLoadError(f"Could not read the tokenizer of {path}: {err}") from None
+    return _GGUF_TOKENIZERS[key]
+
+
 def _load_gguf(
     path: Path, *, dtype: torch.dtype, name: str, architecture_name: str | None, device: Any = None
 ) -> TransformerModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     key = (str(path.resolve()), dtype)
-    with _quiet():
-        if key not in _GGUF_WEIGHTS:
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            hf_model = AutoModelForCausalLM.from_pretrained(
-                str(path.parent), gguf_file=path.name, dtype=dtype
-            )
-            state = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
-            _GGUF_WEIGHTS[key] = (hf_model.config, state, tokenizer)
-        else:
-            config, state, tokenizer = _GGUF_WEIGHTS[key]
-            hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-            hf_model.load_state_dict(state, strict=True)  # copies: no weights are shared
+    if key not in _GGUF_WEIGHTS:
+        check_gguf(path)
+    tokenizer = _gguf_tokenizer(path)
+    try:
+        with _quiet():
+            if key not in _GGUF_WEIGHTS:
+                hf_model = AutoModelForCausalLM.from_pretrained(
+                    str(path.parent), gguf_file=path.name, dtype=dtype
+                )
+                state = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
+                _GGUF_WEIGHTS[key] = (hf_model.config, state, tokenizer)
+            else:
+                config, state, tokenizer = _GGUF_WEIGHTS[key]
+                hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+                hf_model.load_state_dict(state, strict=True)  # copies: no weights are shared
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise ModelLoadError(f"Could not load the model in {path}: {err}") from None
     return from_hf(
         hf_model, tokenizer, name=name, architecture_name=architecture_name, device=device
     )
 
 
+# -- GGUF headers: checked before anything reads the file --------------------------------------
+
+GGUF_MAGIC = b"GGUF"
+_GGUF_SCALARS = {  # value type -> struct format (little-endian)
+    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+    12: "<d",
+}  # fmt: skip
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+class _GGUFCursor:
+    """Reads a GGUF header from a buffer; every read is bounds-checked, so a truncated or
+    corrupt file ends in :class:`ModelLoadError` (never a huge allocation or a struct error)."""
+
+    def __init__(self, buf: Any, path: Path) -> None:
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def fail(self, what: str) -> ModelLoadError:
+        return ModelLoadError(
+            f"{self.path} is not a valid GGUF file: {what} (it has {len(self.buf)} bytes). "
+            "It may be truncated or corrupt: download it again."
+        )
+
+    def skip(self, n: int, what: str) -> int:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise self.fail(f"{what} at byte {self.pos} runs past the end of the file")
+        self.pos += n
+        return self.pos - n
+
+    def take(self, n: int, what: str) -> bytes:
+        at = self.skip(n, what)
+        return self.buf[at : at + n]
+
+    def scalar(self, fmt: str, what: str) -> Any:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
+
+    def string(self, what: str) -> str:
+        raw = self.take(self.scalar("<Q", what), what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{what} at byte {self.pos - len(raw)} is not UTF-8") from None
+
+    def value(self, kind: int, what: str) -> Any:
+        if kind in _GGUF_SCALARS:
+            return self.scalar(_GGUF_SCALARS[kind], what)
+        if kind == _GGUF_STRING:
+            return self.string(what)
+        if kind == _GGUF_ARRAY:
+            item = self.scalar("<I", what)
+            count = self.scalar("<Q", what)
+            if item not in _GGUF_SCALARS and item != _GGUF_STRING:
+                raise self.fail(f"{what} is an array of unknown type {item}")
+            size = struct.calcsize(_GGUF_SCALARS[item]) if item in _GGUF_SCALARS else 8
+            if count * size > len(self.buf) - self.pos:  # before looping over a bogus count
+                raise self.fail(f"{what} claims {count} items, more than the file holds")
+            if item in _GGUF_SCALARS:
+                self.skip(count * size, what)
+            else:
+                for _ in range(count):
+                    self.skip(self.scalar("<Q", what), what)
+            return None  # arrays (the vocabulary...) are checked, not kept
+        raise self.fail(f"{what} has unknown value type {kind}")
+
+
+def check_gguf(path: str | Path) -> dict[str, Any]:
+    """Check a GGUF file's header, metadata and tensor table against its size; return its
+    scalar metadata (``general.architecture``, ``llama.context_length``...).
+
+    Only the header is read (well under a second), so an empty, truncated or corrupt file is
+    refused before a long load starts.
+
+    Raises
+    ------
+    ModelLoadError
+        Naming what is wrong: not a file, empty, wrong magic bytes, an unsupported version,
+        metadata or tensor data that run past the end of the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is not a file; a GGUF model is one .gguf file.")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path} is empty (0 bytes), not a GGUF model: download it again.")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        return _read_gguf(_GGUFCursor(buf, path))  # slices of an mmap are bytes: nothing pins it
+
+
+def _read_gguf(cur: _GGUFCursor) -> dict[str, Any]:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    size = len(cur.buf)
+    if cur.take(4, "the magic bytes") != GGUF_MAGIC:
+        raise cur.fail("it does not start with the magic bytes 'GGUF'")
+    version = cur.scalar("<I", "the version")
+    if version not in (2, 3):
+        raise cur.fail(f"version {version}; the readers here support versions 2 and 3")
+    n_tensors = cur.scalar("<Q", "the tensor count")
+    n_kv = cur.scalar("<Q", "the metadata count")
+    if n_tensors > size // 24 or n_kv > size // 12:
+        raise cur.fail(f"it claims {n_tensors} tensors and {n_kv} metadata entries")
+    meta: dict[str, Any] = {}
+    for i in range(n_kv):
+        key = cur.string(f"metadata key {i}")
+        value = cur.value(cur.scalar("<I", f"the type of {key!r}"), repr(key))
+        if value is not None:
+            meta[key] = value
+    tensors = []
+    for i in range(n_tensors):
+        name = cur.string(f"tensor name {i}")
+        n_dims = cur.scalar("<I", f"the rank of tensor {name!r}")
+        if n_dims > 8:
+            raise cur.fail(f"tensor {name!r} claims {n_dims} dimensions")
+        dims = [cur.scalar("<Q", f"the shape of tensor {name!r}") for _ in range(n_dims)]
+        kind = cur.scalar("<I", f"the type of tensor {name!r}")
+        offset = cur.scalar("<Q", f"the offset of tensor {name!r}")
+        try:
+            block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+        except (ValueError, KeyError):
+            raise cur.fail(f"tensor {name!r} has unknown type {kind}") from None
+        tensors.append((name, offset, math.prod(dims) // block * nbytes))
+    alignment = meta.get("general.alignment", 32)
+    if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment < 1:
+        raise cur.fail(f"general.alignment is {alignment!r}, not a positive int")
+    data = -(-cur.pos // alignment) * alignment
+    for name, offset, nbytes in tensors:
+        if data + offset + nbytes > size:
+            raise cur.fail(
+                f"tensor {name!r} ends at byte {data + offset + nbytes}, past the end of the file"
+            )
+    return meta
+
+
+def _gguf_model_tokenizer(path: Path, name: str) -> ModelTokenizer:
+    meta = check_gguf(path)
+    arch = meta.get("general.architecture", "")
+    return ModelTokenizer(
+        name,
+        _gguf_tokenizer(path),
+        n_ctx=meta.get(f"{arch}.context_length"),
+        n_layers=meta.get(f"{arch}.block_count"),
+        n_heads=meta.get(f"{arch}.attention.head_count"),
+    )
+
+
 def _load_smollm2(
-    *, dtype: torch.dtype = torch.float32, device: Any = None, **_: Any
+    *, dtype: torch.dtype = torch.float32, device: Any = None, seed: int = 0, **overrides: Any
 ) -> TransformerModel:
+    _no_overrides("smollm2-135m", overrides)
     return _load_gguf(
         embedded_gguf(),
         dtype=dtype,
@@ -250,6 +474,20 @@ def _load_smollm2(
         architecture_name=SMOLLM2_HUB_NAME,
         device=device,
     )
+
+
+def _smollm2_tokenizer(**overrides: Any) -> ModelTokenizer:
+    _no_overrides("smollm2-135m", overrides)
+    return _gguf_model_tokenizer(embedded_gguf(), "smollm2-135m")
+
+
+def _no_overrides(name: str, overrides: dict[str, Any]) -> None:
+    if overrides:
+        raise ModelLoadError(
+            f"load_model got unknown keyword arguments {sorted(overrides)} for {name!r}. It "
+            "takes dtype, device and seed; config fields (e.g. n_layer=3) only for the random "
+            f"test models ({', '.join(n for n, e in MODELS.items() if e.configurable)})."
+        )
 
 
 # -- tiny config-built models -------------------------------------------------------------------
@@ -307,8 +545,9 @@ def _tiny_gpt2_config(**overrides: Any) -> Any:
     from transformers import GPT2Config
 
     sizes = {"n_layer": 2, "n_head": 4, "n_embd": 64, "n_positions": 128}
+    sizes.update(vocab_size=len(word_vocabulary()), bos_token_id=0, eos_token_id=0)
     sizes.update(overrides)
-    return GPT2Config(vocab_size=len(word_vocabulary()), bos_token_id=0, eos_token_id=0, **sizes)
+    return GPT2Config(**sizes)
 
 
 def _tiny_llama_config(**overrides: Any) -> Any:
@@ -322,10 +561,9 @@ def _tiny_llama_config(**overrides: Any) -> Any:
         "intermediate_size": 128,
         "max_position_embeddings": 128,
     }
+    sizes.update(vocab_size=len(word_vocabulary()), bos_token_id=0, eos_token_id=0, pad_token_id=0)
     sizes.update(overrides)
-    return LlamaConfig(
-        vocab_size=len(word_vocabulary()), bos_token_id=0, eos_token_id=0, pad_token_id=0, **sizes
-    )
+    return LlamaConfig(**sizes)
 
 
 def _gpt2_small_config(**overrides: Any) -> Any:
@@ -349,8 +587,67 @@ def _smollm2_config(**overrides: Any) -> Any:
         "rms_norm_eps": 1e-5,
         "tie_word_embeddings": True,
     }
+    sizes.update(bos_token_id=0, eos_token_id=0, pad_token_id=0)
     sizes.update(overrides)
-    return LlamaConfig(bos_token_id=0, eos_token_id=0, pad_token_id=0, **sizes)
+    return LlamaConfig(**sizes)
+
+
+# config fields that are sizes: a random model needs each to be a positive int
+_SIZE_FIELDS = (
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "hidden_size",
+    "intermediate_size",
+    "n_inner",
+    "max_position_embeddings",
+    "vocab_size",
+)
+
+
+def _checked_config(make_config: Callable[..., Any], name: str, overrides: dict[str, Any]) -> Any:
+    """The config of a random test model with ``overrides``, every field checked: an unknown
+    field or a size that is not a positive int is an error here, not deep inside torch."""
+    default = make_config()
+    known = set(default.to_dict()) | set(getattr(default, "attribute_map", {}))
+    unknown = sorted(k for k in overrides if k not in known)
+    if unknown:
+        raise ModelLoadError(
+            f"{name} has no config field {unknown[0]!r}"
+            + (f" (nor {unknown[1:]})" if len(unknown) > 1 else "")
+            + "; overrides are fields of its transformers config."
+            + did_you_mean(unknown[0], sorted(known))
+        )
+    try:
+        config = make_config(**overrides)
+    except (TypeError, ValueError) as err:
+        raise ModelLoadError(f"Cannot configure {name} with {overrides}: {err}") from None
+    for field_name in _SIZE_FIELDS:
+        value = getattr(config, field_name, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelLoadError(
+                f"{name}: {field_name} must be an int >= 1; got {value!r} (from {overrides})."
+            )
+    heads = config.num_attention_heads
+    if config.hidden_size % heads:
+        raise ModelLoadError(
+            f"{name}: hidden_size ({config.hidden_size}) must be a multiple of "
+            f"num_attention_heads ({heads})."
+        )
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    if heads % kv:
+        raise ModelLoadError(
+            f"{name}: num_attention_heads ({heads}) must be a multiple of num_key_value_heads "
+            f"({kv})."
+        )
+    if config.vocab_size < len(word_vocabulary()):
+        raise ModelLoadError(
+            f"{name}: vocab_size must be at least {len(word_vocabulary())}, the size of its word "
+            f"tokenizer; got {config.vocab_size}."
+        )
+    return config
 
 
 def _config_loader(
@@ -361,9 +658,12 @@ def _config_loader(
     ) -> TransformerModel:
         import transformers
 
-        config = make_config(**overrides)
+        config = _checked_config(make_config, name, overrides)
         cls = getattr(transformers, model_class)
-        hf_model = _seeded(seed, lambda: cls(config)).to(dtype)
+        try:
+            hf_model = _seeded(seed, lambda: cls(config)).to(dtype)
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise ModelLoadError(f"Cannot build {name} with {overrides}: {err}") from None
         return from_hf(
             hf_model,
             word_tokenizer(),
@@ -373,6 +673,31 @@ def _config_loader(
         )
 
     return load
+
+
+def _config_tokenizer(make_config: Callable[..., Any], name: str) -> Callable[..., ModelTokenizer]:
+    def load(**overrides: Any) -> ModelTokenizer:
+        config = _checked_config(make_config, name, overrides)
+        return ModelTokenizer(
+            name,
+            word_tokenizer(),
+            n_ctx=config.max_position_embeddings,
+            n_layers=config.num_hidden_layers,
+            n_heads=config.num_attention_heads,
+        )
+
+    return load
+
+
+def _random(
+    make_config: Callable[..., Any], model_class: str, name: str, architecture_name: str
+) -> dict[str, Any]:
+    """The loaders of a random test model: the model, and its tokenizer alone."""
+    return {
+        "loader": _config_loader(make_config, model_class, name, architecture_name),
+        "tokenizer_loader": _config_tokenizer(make_config, name),
+        "configurable": True,
+    }
 
 
 # -- the registry -------------------------------------------------------------------------------
@@ -386,18 +711,19 @@ MODELS: dict[str, ModelEntry] = {
             "Llama, 30 layers, 9 heads / 3 KV heads",
             False,
             _load_smollm2,
+            _smollm2_tokenizer,
         ),
         ModelEntry(
             "tiny-gpt2",
             "random 2-layer GPT-2 (d_model 64, 4 heads), word tokenizer",
             False,
-            _config_loader(_tiny_gpt2_config, "GPT2LMHeadModel", "tiny-gpt2", "gpt2"),
+            **_random(_tiny_gpt2_config, "GPT2LMHeadModel", "tiny-gpt2", "gpt2"),
         ),
         ModelEntry(
             "tiny-llama",
             "random 2-layer Llama (d_model 64, 4 heads / 2 KV), word tokenizer",
             False,
-            _config_loader(
+            **_random(
                 _tiny_llama_config, "LlamaForCausalLM", "tiny-llama", "meta-llama/Llama-3.2-1B"
             ),
         ),
@@ -405,13 +731,13 @@ MODELS: dict[str, ModelEntry] = {
             "gpt2-shaped",
             "random GPT-2 small (12 x 768, 50257 tokens), word tokenizer",
             False,
-            _config_loader(_gpt2_small_config, "GPT2LMHeadModel", "gpt2-shaped", "gpt2"),
+            **_random(_gpt2_small_config, "GPT2LMHeadModel", "gpt2-shaped", "gpt2"),
         ),
         ModelEntry(
             "smollm2-shaped",
             "random Llama of SmolLM2-135M's sizes (30 x 576, 9 heads / 3 KV), word tokenizer",
             False,
-            _config_loader(
+            **_random(
                 _smollm2_config, "LlamaForCausalLM", "smollm2-shaped", "meta-llama/Llama-3.2-1B"
             ),
         ),
@@ -464,37 +790,116 @@ def load_model(
     """
     if not isinstance(name, str) or not name:
         raise ModelLoadError(f"load_model needs a model name or path; got {name!r}.")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ModelLoadError(
+            f"dtype must be a floating torch.dtype (torch.float32...); got {dtype!r}."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ModelLoadError(f"seed must be an int; got {seed!r}.")
+    device = _check_device(device)
+    entry, path = _resolve(name, config_overrides)
+    if entry is not None:
+        return entry.loader(dtype=dtype, device=device, seed=seed, **config_overrides)
+    if path is not None:
+        return _load_local(path, dtype=dtype, device=device)
+    return _load_hub(name, dtype=dtype, device=device)
+
+
+def load_tokenizer(name: str = "smollm2-135m", **config_overrides: Any) -> ModelTokenizer:
+    """Load a model's tokenizer and sizes (context length, layers, heads) without its weights.
+
+    Takes the names :func:`load_model` takes and refuses the same bad ones (an unknown name, a
+    corrupt GGUF file, an unknown config field), in the time the tokenizer takes to load: the
+    command line checks every input with it before loading a model.
+
+    Examples
+    --------
+    >>> tokens = load_tokenizer("tiny-gpt2")
+    >>> tokens.n_ctx, tokens.to_tokens("When Mary and John went").shape
+    (128, torch.Size([1, 6]))
+    """
+    if not isinstance(name, str) or not name:
+        raise ModelLoadError(f"load_tokenizer needs a model name or path; got {name!r}.")
+    entry, path = _resolve(name, config_overrides)
+    if entry is not None:
+        return entry.tokenizer_loader(**config_overrides)
+    if path is not None and path.is_file():
+        return _gguf_model_tokenizer(path, path.name)
+    from transformers import AutoConfig, AutoTokenizer
+
+    local = path is not None or _in_hub_cache(name)
+    if not local:
+        _require_network(name)
+    source = str(path) if path is not None else name
+    try:
+        with _quiet():
+            config = AutoConfig.from_pretrained(source, local_files_only=local)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"Could not load the tokenizer of {source!r}: {err}") from None
+    return ModelTokenizer(
+        source,
+        tokenizer,
+        n_ctx=_first_int(config, "max_position_embeddings", "n_positions", "n_ctx"),
+        n_layers=_first_int(config, "num_hidden_layers", "n_layer"),
+        n_heads=_first_int(config, "num_attention_heads", "n_head"),
+    )
+
+
+def _first_int(config: Any, *names: str) -> int | None:
+    for attr in names:
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _resolve(name: str, overrides: dict[str, Any]) -> tuple[ModelEntry | None, Path | None]:
+    """The registry entry or the local path a model name means (neither: a Hub name), with
+    the checks that need no loading: overrides only for the random models, paths that exist,
+    GGUF files that are files, directories that hold a config.json."""
     name = ALIASES.get(name, name)
     entry = MODELS.get(name)
     if entry is not None and entry.loader is not None:
-        return entry.loader(dtype=dtype, device=device, seed=seed, **config_overrides)
-    if config_overrides:
-        raise ModelLoadError(
-            f"Config overrides {sorted(config_overrides)} only apply to the random test models "
-            "(tiny-gpt2, tiny-llama, gpt2-shaped, smollm2-shaped)."
-        )
+        if overrides and not entry.configurable:
+            _no_overrides(name, overrides)
+        return entry, None
+    _no_overrides(name, overrides)
     path = Path(name).expanduser()
-    if path.exists():
-        return _load_local(path, dtype=dtype, device=device)
-    if name.endswith(".gguf") or name.startswith((".", "/", "~")):
-        raise ModelLoadError(f"No model file or directory at {name!r}.")
-    return _load_hub(name, dtype=dtype, device=device)
+    if not path.exists():
+        if name.endswith(".gguf") or name.startswith((".", "/", "~")):
+            raise ModelLoadError(f"No model file or directory at {name!r}.")
+        return None, None
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(
+                f"{path} is a file but not a .gguf file; pass a model directory or a .gguf file."
+            )
+        check_gguf(path)
+    elif not (path / "config.json").exists():
+        raise ModelLoadError(
+            f"{path} has no config.json; a local model directory is one written by "
+            "save_pretrained (config.json, weights and tokenizer files)."
+        )
+    return None, path
+
+
+def _check_device(device: Any) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelLoadError(
+            f"device must be a torch device such as 'cpu' or 'cuda:0'; got {device!r} ({err})."
+        ) from None
 
 
 def _load_local(path: Path, *, dtype: torch.dtype, device: Any) -> TransformerModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if path.is_file():
-        if path.suffix != ".gguf":
-            raise ModelLoadError(
-                f"{path} is a file but not a .gguf file; pass a model directory or a .gguf file."
-            )
         return _load_gguf(path, dtype=dtype, name=path.name, architecture_name=None, device=device)
-    if not (path / "config.json").exists():
-        raise ModelLoadError(
-            f"{path} has no config.json; a local model directory is one written by "
-            "save_pretrained (config.json, weights and tokenizer files)."
-        )
     try:
         with _quiet():
             config = AutoConfig.from_pretrained(str(path), local_files_only=True)
@@ -545,14 +950,8 @@ def _load_hub(name: str, *, dtype: torch.dtype, device: Any) -> TransformerModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cached = _in_hub_cache(name)
-    if not cached and not hub_reachable():
-        known = [n for n, e in MODELS.items() if not e.needs_network]
-        raise NetworkRequiredError(
-            f"Model {name!r} needs the network: it is not in the local Hugging Face cache and "
-            f"{HUB_HOST} cannot be reached. Connect to the internet, or pass a local model "
-            f"directory or a .gguf file path; offline models here: {', '.join(known)}."
-            + did_you_mean(name, list(MODELS) + list(ALIASES))
-        )
+    if not cached:
+        _require_network(name)
     try:
         with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=cached)
@@ -562,3 +961,14 @@ def _load_hub(name: str, *, dtype: torch.dtype, device: Any) -> TransformerModel
     except OSError as err:
         raise ModelLoadError(f"Could not load {name!r} from the Hugging Face Hub: {err}") from None
     return from_hf(hf_model, tokenizer, name=name, device=device)
+
+
+def _require_network(name: str) -> None:
+    if not hub_reachable():
+        known = [n for n, e in MODELS.items() if not e.needs_network]
+        raise NetworkRequiredError(
+            f"Model {name!r} needs the network: it is not in the local Hugging Face cache and "
+            f"{HUB_HOST} cannot be reached. Connect to the internet, or pass a local model "
+            f"directory or a .gguf file path; offline models here: {', '.join(known)}."
+            + did_you_mean(name, list(MODELS) + list(ALIASES))
+        )

@@ -14,6 +14,7 @@ names are the public entry points and document the arguments.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
 from typing import Any
@@ -48,20 +49,21 @@ def block_inputs(
     received (and, with ``keep_kv``, every layer's keys and values)."""
     blocks = bridge.blocks
     got: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
-    handles = [
-        block.register_forward_pre_hook(
-            lambda mod, args, kwargs, i=i: got.__setitem__(i, (args, kwargs)), with_kwargs=True
-        )
-        for i, block in enumerate(blocks)
-    ]
     recorder = _PrefixKV()
-    if keep_kv:
-        handles += _inject_kv(bridge, range(len(blocks)), recorder)
-    try:
+    handles: list[Any] = []
+    try:  # hooks are registered inside the try, so that whatever raises, none stays behind
+        for i, block in enumerate(blocks):
+            handles.append(
+                block.register_forward_pre_hook(
+                    lambda mod, args, kwargs, i=i: got.__setitem__(i, (args, kwargs)),
+                    with_kwargs=True,
+                )
+            )
+        if keep_kv:
+            _inject_kv(bridge, range(len(blocks)), recorder, handles)
         logits = bridge(tokens, use_cache=False)
     finally:
-        for handle in handles:
-            handle.remove()
+        _remove(handles)
     order = range(len(blocks))
     return logits, BlockInputs(
         resid=[got[i][0][0].detach() for i in order],
@@ -90,12 +92,18 @@ def forward_from(
     ``hooked_layers``: layers that carry a hook of the caller; the last block's MLP is only
     narrowed to ``positions`` when its layer is not among them (a hook must see every position).
     """
+    n_layers = len(bridge.blocks)
+    end = n_layers if stop is None else stop
+    _check_int("layer", layer, 0, n_layers)  # n_layers: no block left, only the unembedding
+    if stop is not None:
+        _check_int("stop", stop, layer, n_layers)
     if resid.shape[0] % inputs.batch:
         raise ShapeError(
             f"forward_from needs copies of the recorded batch of {inputs.batch}; "
             f"got a residual of batch {resid.shape[0]}."
         )
     n_pos = inputs.resid[0].shape[1]
+    _check_int("start", start, 0, n_pos - 1)
     if resid.shape[1] != n_pos - start:
         raise ShapeError(
             f"forward_from(start={start}) needs a residual of {n_pos - start} "
@@ -103,33 +111,43 @@ def forward_from(
         )
     if start and inputs.kv is None:
         raise InterpError("forward_from(start=...) needs block_inputs(..., keep_kv=True).")
+    if positions is not None and stop is None:
+        positions = torch.as_tensor(positions)
+        if positions.shape != (resid.shape[0],):
+            raise ShapeError(
+                f"forward_from needs one position per residual row ({resid.shape[0]}); got "
+                f"positions of shape {tuple(positions.shape)}."
+            )
     copies = resid.shape[0] // inputs.batch
-    end = len(bridge.blocks) if stop is None else stop
-    handles = []
-    if start:
-        prefix = {
-            i: tuple(_tile(t[..., :start, :], inputs.batch, copies) for t in kv)
-            for i, kv in inputs.kv.items()
-            if layer <= i < end
-        }
-        handles = _inject_kv(bridge, range(layer, end), _PrefixKV(prefix))
-    last = bridge.blocks[end - 1]
-    if stop is None and positions is not None and end - 1 > layer and end - 1 not in hooked_layers:
-        handles += _mlp_at_rows(last.mlp, positions - start)
+    handles: list[Any] = []
     given = None
-    if attn_out is not None:
-        given = _Returning(bridge.blocks[layer].attn, (attn_out, None))
-        handles.append(given)
     h = resid
-    try:
+    try:  # hooks are registered inside the try, so that whatever raises, none stays behind
+        if start:
+            prefix = {
+                i: tuple(_tile(t[..., :start, :], inputs.batch, copies) for t in kv)
+                for i, kv in inputs.kv.items()
+                if layer <= i < end
+            }
+            _inject_kv(bridge, range(layer, end), _PrefixKV(prefix), handles)
+        last = bridge.blocks[end - 1]
+        if (
+            stop is None
+            and positions is not None
+            and end - 1 > layer
+            and end - 1 not in hooked_layers
+        ):
+            handles += _mlp_at_rows(last.mlp, positions - start)
+        if attn_out is not None:
+            given = _Returning(bridge.blocks[layer].attn, (attn_out, None))
+            handles.append(given)
         for i in range(layer, end):
             args = _tile(_from_position(inputs.args[i], start, n_pos), inputs.batch, copies)
             kwargs = _tile(_from_position(inputs.kwargs[i], start, n_pos), inputs.batch, copies)
             out = bridge.blocks[i](h, *args, **kwargs)
             h = out[0] if isinstance(out, tuple) else out
     finally:
-        for handle in handles:
-            handle.remove()
+        _remove(handles)
     if given is not None and not given.called:
         raise InterpError(
             f"Block {layer} did not call its attention module, so the attention "
@@ -200,15 +218,32 @@ class _PrefixKV:
         return torch.cat([pk, k], dim=-2), torch.cat([pv, v], dim=-2)
 
 
-def _inject_kv(bridge: nn.Module, layers: Iterable[int], cache: _PrefixKV) -> list[Any]:
-    """Hand ``cache`` to the attention of the given blocks as their ``past_key_values``."""
+def _inject_kv(
+    bridge: nn.Module, layers: Iterable[int], cache: _PrefixKV, handles: list[Any]
+) -> None:
+    """Hand ``cache`` to the attention of the given blocks as their ``past_key_values``; each
+    hook's handle goes to ``handles`` as soon as it is registered."""
 
     def inject(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]):
         return args, {**kwargs, "past_key_values": cache}
 
-    return [
-        bridge.blocks[i].attn.register_forward_pre_hook(inject, with_kwargs=True) for i in layers
-    ]
+    for i in layers:
+        handles.append(bridge.blocks[i].attn.register_forward_pre_hook(inject, with_kwargs=True))
+
+
+def _remove(handles: list[Any]) -> None:
+    """Remove hooks (and :class:`_Returning` patches), the last registered first."""
+    for handle in reversed(handles):
+        handle.remove()
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    try:
+        ok = not isinstance(value, bool) and low <= operator.index(value) <= high
+    except TypeError:
+        ok = False
+    if not ok:
+        raise InterpError(f"forward_from: {name} must be an int in {low}..{high}; got {value!r}.")
 
 
 class _Returning:

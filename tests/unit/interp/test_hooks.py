@@ -45,6 +45,59 @@ def test_contexts_leave_no_trace(tiny: interp.TransformerModel) -> None:
     assert torch.equal(tiny(tokens), before_out)
 
 
+def raw_hooks(model: interp.TransformerModel) -> int:
+    """Every torch forward hook, the bridge's own capture hooks included."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.model.modules())
+
+
+def raise_in_a_hook(model: interp.TransformerModel, failure: str) -> None:
+    def fail(x: torch.Tensor, site: interp.Site) -> None:
+        raise KeyboardInterrupt if failure == "interrupt" else ValueError("hook failed")
+
+    site = {"hook": "a0.h1", "interrupt": "m1.in", "position": "r0.pre@99"}[failure]
+    expected = {"hook": ValueError, "interrupt": KeyboardInterrupt, "position": ShapeError}
+    with pytest.raises(expected[failure]), model.hooks({site: fail}):
+        model(PROMPT)
+
+
+@pytest.mark.parametrize("failure", ["hook", "interrupt", "position"])
+def test_a_pass_that_raises_leaves_no_hook(failure: str) -> None:
+    """A fresh model (no pass run yet) whose first pass raises: no hook stays behind, the
+    bridge's capture hooks (`_capture_pre_ln1`, `_capture_mlp_in`) included, and its outputs are
+    those of an untouched twin."""
+    model, twin = interp.load_model("tiny-gpt2"), interp.load_model("tiny-gpt2")
+    before = raw_hooks(model)
+    assert count_hooks(model) == 0
+    raise_in_a_hook(model, failure)
+    assert count_hooks(model) == 0 and raw_hooks(model) == before
+    assert torch.equal(model(PROMPT), twin(PROMPT))
+    assert count_hooks(model) == 0 and raw_hooks(model) == before  # a clean pass adds none
+
+
+def test_an_out_of_range_position_is_named(tiny: interp.TransformerModel) -> None:
+    with pytest.raises(ShapeError, match=r"'r0.pre@99' selects position 99.*\(1, \d+, 64\)"):
+        tiny.run_with_cache(PROMPT, ["r0.pre@99"])
+    with pytest.raises(ShapeError, match="position -99"):
+        tiny.run_with_grads(PROMPT, logit_diff, ["a1.h0@-99"])
+    assert count_hooks(tiny) == 0
+
+
+def test_restarting_with_bad_blocks_leaves_no_hook(tiny: interp.TransformerModel) -> None:
+    """forward_from with a block past the last used to register its key/value hooks, then fail
+    on the missing block with an IndexError and leave them on the model for good."""
+    tokens = tiny.to_tokens(PROMPT)
+    expected, hooks = tiny(tokens), raw_hooks(tiny)
+    _, inputs = tiny.block_inputs(tokens, keep_kv=True)
+    with pytest.raises(InterpError, match="stop must be an int in 0..2; got 99"):
+        tiny.forward_from(0, inputs.resid[0][:, 2:], inputs, start=2, stop=99)
+    with pytest.raises(InterpError, match="layer must be"):
+        tiny.forward_from(-1, inputs.resid[0], inputs)
+    with pytest.raises(InterpError, match="start must be"):
+        tiny.forward_from(0, inputs.resid[0][:, :0], inputs, start=tokens.shape[1])
+    assert raw_hooks(tiny) == hooks and count_hooks(tiny) == 0
+    assert torch.equal(tiny(tokens), expected)
+
+
 def test_module_model_leaves_no_trace(mlp: interp.ModuleModel) -> None:
     x = torch.randn(4, 5)
     before = mlp(x)
