@@ -24,12 +24,20 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from interp import InterpError, TransformerModel, data_path, did_you_mean
+from interp import InterpError, ShapeError, TransformerModel, data_path, did_you_mean
 
 from ._metrics import METRICS, LogitDiff, Metric, UserMetric
 from ._options import Split, check_option
 
-__all__ = ["Task", "TaskError", "ioi_split", "ioi_task", "task_from_jsonl", "task_from_pairs"]
+__all__ = [
+    "Task",
+    "TaskError",
+    "ioi_split",
+    "ioi_task",
+    "read_task_file",
+    "task_from_jsonl",
+    "task_from_pairs",
+]
 
 
 class TaskError(InterpError, ValueError):
@@ -197,8 +205,22 @@ def _single_token(model: TransformerModel, text: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
-def _tokenize(model: TransformerModel, texts: Sequence[str], prepend_bos: bool) -> list[Tensor]:
-    return [model.to_tokens(t, prepend_bos=prepend_bos)[0].cpu() for t in texts]
+def _tokenize(
+    model: TransformerModel,
+    texts: Sequence[str],
+    prepend_bos: bool,
+    where: Sequence[str],
+    label: str,
+) -> list[Tensor]:
+    out = []
+    for text, place in zip(texts, where, strict=True):
+        if not isinstance(text, str) or not text.strip():
+            raise TaskError(f"{place}: the {label} prompt is empty; it must have some text.")
+        try:
+            out.append(model.to_tokens(text, prepend_bos=prepend_bos)[0].cpu())
+        except ShapeError as err:  # longer than the model's context
+            raise TaskError(f"{place}: the {label} prompt does not fit: {err}") from None
+    return out
 
 
 def task_from_pairs(
@@ -215,7 +237,17 @@ def task_from_pairs(
 ) -> Task:
     """Build a task from prompt pairs and answer strings (each answer must be one token).
 
-    ``where`` names each pair in error messages (e.g. ``"line 3"``).
+    ``where`` names each pair in error messages (e.g. ``"line 3"``). ``model`` may be a
+    :class:`interp.ModelTokenizer` (``interp.load_tokenizer``): every check below then runs
+    before the model is loaded.
+
+    Raises
+    ------
+    TaskError
+        For a pair that cannot be measured: an empty prompt, a prompt longer than the model's
+        context, clean and corrupted prompts of different lengths or the very same tokens
+        (nothing to patch), an answer or wrong answer that is not one token, or an answer equal
+        to the wrong answer (their logit difference is 0 on every run).
     """
     n = len(clean)
     if not n or not (len(corrupt) == len(answers) == len(wrongs) == n):
@@ -224,8 +256,8 @@ def task_from_pairs(
             f"(got {n}, {len(corrupt)}, {len(answers)}, {len(wrongs)}), and at least one."
         )
     where = list(where) if where is not None else [f"pair {i}" for i in range(n)]
-    clean_tok = _tokenize(model, clean, prepend_bos)
-    corrupt_tok = _tokenize(model, corrupt, prepend_bos)
+    clean_tok = _tokenize(model, clean, prepend_bos, where, "clean")
+    corrupt_tok = _tokenize(model, corrupt, prepend_bos, where, "corrupted")
     answer_ids, wrong_ids = [], []
     for i in range(n):
         if len(clean_tok[i]) != len(corrupt_tok[i]):
@@ -233,6 +265,12 @@ def task_from_pairs(
                 f"{where[i]}: the clean prompt is {len(clean_tok[i])} tokens and the corrupted one "
                 f"{len(corrupt_tok[i])}; patching needs equal lengths. Clean: {clean[i]!r}; "
                 f"corrupted: {corrupt[i]!r}."
+            )
+        if torch.equal(clean_tok[i], corrupt_tok[i]):
+            raise TaskError(
+                f"{where[i]}: the clean and corrupted prompts are the same tokens ({clean[i]!r}), "
+                "so the corrupted run cannot differ from the clean one; the corruption must "
+                "change the prompt."
             )
         for label, text, out in (
             ("answer", answers[i], answer_ids),
@@ -246,6 +284,12 @@ def task_from_pairs(
                     f"({pieces}); it must be one (names usually need a leading space)."
                 )
             out.append(token)
+        if answer_ids[i] == wrong_ids[i]:
+            raise TaskError(
+                f"{where[i]}: the answer and the wrong answer are the same token "
+                f"({answers[i]!r}), so their logit difference is 0 on every run and there is "
+                "nothing to explain; the wrong answer must be another token."
+            )
     pad = model.tokenizer.pad_token_id
     pad = 0 if pad is None else int(pad)
     return Task(
@@ -263,19 +307,71 @@ def task_from_pairs(
 
 
 def task_from_jsonl(model: TransformerModel, path: str | Path, *, prepend_bos: bool = True) -> Task:
-    """Load a task from a JSONL file of ``{"clean", "corrupt", "answer", "wrong"}`` objects."""
+    """Load a task from a JSONL file of ``{"clean", "corrupt", "answer", "wrong"}`` objects.
+
+    The file is checked line by line (:func:`read_task_file`), then every pair as
+    :func:`task_from_pairs` checks it; errors name the file and the line.
+    """
     path = Path(path)
-    if not path.exists():
+    rows, where = read_task_file(path)
+    return task_from_pairs(
+        model,
+        rows["clean"],
+        rows["corrupt"],
+        rows["answer"],
+        rows["wrong"],
+        name=path.stem,
+        prepend_bos=prepend_bos,
+        where=where,
+        meta={"source": str(path)},
+    )
+
+
+TASK_KEYS = ("clean", "corrupt", "answer", "wrong")
+
+
+def read_task_file(path: str | Path) -> tuple[dict[str, list[str]], list[str]]:
+    """The rows of a JSONL task file, as lists of strings by key, and where each row is
+    (``"name.jsonl line 3"``). Needs no model: the command line reads the file before it loads one.
+
+    Raises
+    ------
+    TaskError
+        For a missing file, a directory, bytes that are not UTF-8, a line that is not a JSON
+        object of four strings (a misspelt key is named), or a file without a row.
+    """
+    path = Path(path)
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except (OSError, ValueError):  # a name no file can have
+        is_dir, exists = False, False
+    if is_dir:
+        raise TaskError(f"{str(path)!r} is a directory; --task takes a .jsonl file.")
+    if not exists:
         raise TaskError(f"No task file at {str(path)!r}.")
-    rows: dict[str, list[str]] = {"clean": [], "corrupt": [], "answer": [], "wrong": []}
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise TaskError(f"Cannot read the task file {str(path)!r}: {err.strerror}.") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise TaskError(
+            f"{path.name} line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the "
+            "task file as UTF-8."
+        ) from None
+    rows: dict[str, list[str]] = {key: [] for key in TASK_KEYS}
     where = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except json.JSONDecodeError as err:
             raise TaskError(f"{path.name} line {number}: not valid JSON ({err.msg}).") from None
+        except RecursionError:
+            raise TaskError(f"{path.name} line {number}: JSON nested too deeply.") from None
         if not isinstance(item, dict):
             raise TaskError(
                 f"{path.name} line {number}: each line must be a JSON object with the keys "
@@ -296,17 +392,7 @@ def task_from_jsonl(model: TransformerModel, path: str | Path, *, prepend_bos: b
         where.append(f"{path.name} line {number}")
     if not where:
         raise TaskError(f"{path.name} has no prompt pairs.")
-    return task_from_pairs(
-        model,
-        rows["clean"],
-        rows["corrupt"],
-        rows["answer"],
-        rows["wrong"],
-        name=path.stem,
-        prepend_bos=prepend_bos,
-        where=where,
-        meta={"source": str(path)},
-    )
+    return rows, where
 
 
 # -- IOI -----------------------------------------------------------------------------------------
