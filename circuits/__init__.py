@@ -3,7 +3,8 @@
 Tasks (:func:`ioi_task`, :func:`task_from_jsonl`), activation patching (:func:`activation_patching`;
 estimators between it and AtP: :func:`lookahead_patching`, :func:`refined_patching`),
 edge patching and faithfulness (:func:`edge_patching`, :func:`faithfulness`; MIB's sweep of
-circuit sizes with CPR and CMD: :func:`evaluate`), the gradient methods AtP / EAP / EAP-IG
+circuit sizes with CPR and CMD: :func:`evaluate`; exact refinement of a circuit's boundary:
+:func:`refine_circuit`), the gradient methods AtP / EAP / EAP-IG
 (:func:`attribution_patching`, :func:`edge_attribution`, :func:`node_attribution`), and
 :func:`discover`, which looks methods up by name.
 """
@@ -11,6 +12,7 @@ circuit sizes with CPR and CMD: :func:`evaluate`), the gradient methods AtP / EA
 from __future__ import annotations
 
 from ._attribution import attribution_patching, edge_attribution, node_attribution
+from ._boundary import refine_circuit
 from ._discover import METHODS, discover, register_method
 from ._edges import (
     edge_patching,
@@ -67,6 +69,7 @@ __all__ = [
     "plot_evaluations",
     "plot_faithfulness",
     "prepare_edge_model",
+    "refine_circuit",
     "refined_patching",
     "register_method",
     "select_circuit",

@@ -25,6 +25,7 @@ from interp import (
 )
 
 from ._attribution import edge_attribution, node_attribution
+from ._boundary import refine_circuit
 from ._edges import exact_edge_scores
 from ._masks import edge_pruning
 from ._options import Level, check_option
@@ -319,6 +320,29 @@ def _edge_pruning(
     return edge_pruning(
         model, task, target=target, steps=steps, init=init, progress=progress, **options
     )
+
+
+@register_method(
+    "eap-ig-refined",
+    levels=("edge",),
+    description="EAP-IG, cut to k edges (default 1%) by greedy selection, then the circuit's "
+    "boundary refined by exact edge patching (refine_circuit)",
+)
+def _eap_ig_refined(
+    model: TransformerModel,
+    task: Task,
+    level: str,
+    *,
+    k: int | None = None,
+    ig_steps: int = 5,
+    rows_per_pass: int | None = None,
+    progress: bool | None = None,
+    **options: Any,
+) -> CircuitGraph:
+    rows = {} if rows_per_pass is None else {"rows_per_pass": rows_per_pass}
+    first = edge_attribution(model, None, task, ig_steps=ig_steps, progress=progress, **rows)
+    k = int(0.01 * len(first.edge_scores)) if k is None else k
+    return refine_circuit(model, first, task, k, progress=progress, **options)
 
 
 def _relp(rule_set: str) -> Method:

@@ -23,6 +23,7 @@ from circuits import (
     exact_edge_scores,
     faithfulness,
     ioi_task,
+    refine_circuit,
     select_circuit,
 )
 
@@ -104,3 +105,29 @@ def test_learned_masks_recover_the_planted_circuit(planted, mask: str) -> None:
     for selection in ("top-signed", "greedy-signed"):
         recovered(graph, truth, selection)
     assert graph.meta["density"] == pytest.approx(target, abs=0.05)
+
+
+@pytest.mark.parametrize("selection", ["top-abs", "greedy-abs"])
+def test_boundary_refinement_repairs_a_wrong_ranking(planted, selection: str) -> None:
+    """A first stage that ranks a planted edge below an edge that carries nothing cuts the
+    wrong circuit; exact refinement of its boundary swaps the two back."""
+    model, task, truth = planted
+    first = discover(model, task, "eap", "edge")
+    names = first.edge_names()
+    live, dead = names.index("a0.h0->a1.h1<v>"), names.index("input->a0.h0<q>")
+    scores = first.edge_scores.clone()
+    scores[live], scores[dead] = 1e-9, float(scores.abs().max()) * 3
+    first = first.with_scores(edge_scores=scores)
+    k = int(truth.sum())
+    wrong = select_circuit(first, k, selection)
+    assert not torch.equal(wrong.edge_in_graph, truth)
+    unchanged = refine_circuit(model, first, task, k, selection=selection, rounds=0)
+    assert torch.equal(unchanged.edge_in_graph, wrong.edge_in_graph)
+
+    refined = refine_circuit(model, first, task, k, selection=selection, candidates=8)
+    assert torch.equal(refined.edge_in_graph, truth)
+    info = refined.meta["refine"]
+    assert abs(info["after"] - info["full"]) < 1e-5 < abs(info["before"] - info["full"])
+    assert faithfulness(model, refined, task)["faithfulness"] == pytest.approx(1, abs=1e-5)
+    # the refined circuit ranks first, so cutting the new scores at its size gives it back
+    assert torch.equal(select_circuit(refined, k, selection).edge_in_graph, truth)
