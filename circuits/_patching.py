@@ -93,10 +93,16 @@ class _Prefix:
     first: int | None
 
     @classmethod
-    def of(cls, task: Task, base: Tensor, source: Tensor) -> _Prefix:
+    def of(cls, task: Task, base: Tensor, source: Tensor, *, causal: bool = True) -> _Prefix:
+        """Both shortcuts need causal attention: in a bidirectional model every position sees
+        the tokens where base and source differ, and a patch anywhere reaches every position."""
         differs = (base != source).any(0).nonzero()
-        same_until = int(differs[0]) if len(differs) else base.shape[1]
         last_read = int(task.lengths.min()) - 1
+        if not len(differs):  # the same tokens: the same activations everywhere
+            return cls(base.shape[1], last_read, last_read)
+        if not causal:
+            return cls(0, last_read, None)
+        same_until = int(differs[0])
         return cls(same_until, last_read, min(same_until, last_read))
 
     def noop(self, cell: _Cell) -> bool:
@@ -188,7 +194,7 @@ def patching_costs(
     check_component(component)
     base, source = base_and_source(task, direction)
     n_pos, n_layers = base.shape[1], model.spec.n_layers
-    prefix = _Prefix.of(task, base, source)
+    prefix = _Prefix.of(task, base, source, causal=model.causal)
     costs = [
         0
         if prefix.noop(c)
@@ -332,6 +338,38 @@ def lookahead_patching(
     return _shaped(values, model, component, per_position, task.clean.shape[1])
 
 
+def _shortcuts(
+    model: TransformerModel,
+    inputs: Any,
+    prefix: _Prefix,
+    task: Task,
+    base_logits: Tensor,
+    attn_out: Tensor | None,
+) -> tuple[_Prefix, bool]:
+    """The shortcuts a patched pass may take, as ``(prefix, skip_attention)``: restarting at a
+    later position (``prefix.first``) and handing block 0 its attention output (``attn_out``;
+    ``None`` when the component does not use it), kept only if the base run comes back with
+    them, else dropped with a warning.
+
+    Restarting at a later position needs every layer's keys and values from the recorded run;
+    attentions that take no KV cache (TransformerLens-native models) record none, so it is not
+    tried for them."""
+    if prefix.first is not None and (inputs.kv is None or len(inputs.kv) < len(inputs.resid)):
+        prefix = replace(prefix, first=None)
+    if not prefix.first and attn_out is None:
+        return prefix, False
+    if _shortcuts_exact(model, inputs, prefix.first or 0, task, base_logits, attn_out):
+        return prefix, attn_out is not None
+    warnings.warn(
+        f"Restarting {model.spec.name} at a later position, or with a given "
+        "attention output, did not reproduce its logits (an attention or "
+        "position-embedding layout this toolkit does not know); every position "
+        "is recomputed and every attention run instead.",
+        stacklevel=4,
+    )
+    return replace(prefix, first=None), False
+
+
 def _shortcuts_exact(
     model: TransformerModel,
     inputs: Any,
@@ -410,9 +448,10 @@ def _patch_cells(
     n, n_pos = base.shape
     n_layers = model.spec.n_layers
     sites = [COMPONENTS[component].format(layer=layer) for layer in range(n_layers)]
+    causal = model.causal
     with torch.no_grad():
         _, source_cache = model.run_with_cache(source, sites)
-        base_logits, inputs = model.block_inputs(base, keep_kv=True)
+        base_logits, inputs = model.block_inputs(base, keep_kv=causal)
         base_cache = (
             {s: r for s, r in zip(sites, inputs.resid, strict=True)}
             if component == "resid"
@@ -426,28 +465,17 @@ def _patch_cells(
         with rules:
             run = model.run_with_grads(base, task.measure, readouts)
         grads = {Site.parse(r).layer: run.gradients[r] for r in readouts}
-    # Before the first token where base and source differ, both runs hold the same
-    # activations: patching there changes nothing, and a patch anywhere leaves those positions
-    # alone. No metric is read before the shortest prompt's last position.
-    prefix = _Prefix.of(task, base, source)
+    # In a causal model, before the first token where base and source differ, both runs hold
+    # the same activations: patching there changes nothing, and a patch anywhere leaves those
+    # positions alone. No metric is read before the shortest prompt's last position.
+    prefix = _Prefix.of(task, base, source, causal=causal)
     # heads and attention outputs: the patched attention's output is computed from the cache
     # and handed to the block, instead of running that attention
-    skip_attention = component in ("heads", "attn")
-    attn_out = base_cache[sites[0]] if skip_attention else None
+    attn_out = base_cache[sites[0]] if component in ("heads", "attn") else None
     if component == "heads":
         with torch.no_grad():
             attn_out = model.attention_output(0, attn_out)
-    if (prefix.first or skip_attention) and not _shortcuts_exact(
-        model, inputs, prefix.first, task, base_logits, attn_out
-    ):
-        warnings.warn(
-            f"Restarting {model.spec.name} at a later position, or with a given "
-            "attention output, did not reproduce its logits (an attention or "
-            "position-embedding layout this toolkit does not know); every position "
-            "is recomputed and every attention run instead.",
-            stacklevel=3,
-        )
-        prefix, skip_attention = replace(prefix, first=None), False
+    prefix, skip_attention = _shortcuts(model, inputs, prefix, task, base_logits, attn_out)
     cells = _cells(model, component, per_position, n_pos)
     vocab = task.metric_tokens  # the metric reads these logits only
     device = inputs.resid[0].device

@@ -22,11 +22,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from . import _restart
+from . import _forks, _restart
 from ._errors import InterpError, ShapeError, UnknownSiteError, did_you_mean
 from ._restart import BlockInputs
 from ._site import Site, SiteLike
-from ._spec import ModelSpec, spec_from_bridge
+from ._spec import ModelSpec, is_causal, spec_from_bridge
 
 __all__ = [
     "ActivationCache",
@@ -536,6 +536,12 @@ class TransformerModel(HookedModel):
     def tokenizer(self) -> Any:
         return self.bridge.tokenizer
 
+    @property
+    def causal(self) -> bool:
+        """Whether each position attends only to itself and earlier ones: the spec says so and
+        the bridge, read now, does too (see :func:`interp._spec.is_causal`)."""
+        return self.spec.causal and is_causal(self.bridge)
+
     # -- tokens -----------------------------------------------------------------------------------
 
     def to_tokens(self, text: str | Sequence[str], *, prepend_bos: bool = True) -> Tensor:
@@ -673,6 +679,12 @@ class TransformerModel(HookedModel):
         Tensor of shape (copies * batch, pos - start, d_vocab), or (copies * batch, d_vocab);
         with ``stop``, the residual (copies * batch, pos - start, d_model).
         """
+        if start and not self.causal:
+            raise InterpError(
+                "forward_from(start=...) reuses the positions before `start` from the recorded "
+                "run, which only a causal model leaves unchanged; this model's attention is "
+                "bidirectional. Restart with start=0."
+            )
         return _restart.forward_from(
             self.bridge,
             layer,
@@ -805,19 +817,19 @@ class TransformerModel(HookedModel):
         changed: list[str] = []
         try:
             for flag in sorted(flags):
-                if not bool(getattr(cfg, flag, False)):
+                if not _forks.switch_is_on(self.bridge, flag):
                     if flag == "use_split_qkv_input" and bool(getattr(cfg, "use_attn_in", False)):
                         raise InterpError(
                             "Reader-port sites (<q>, <k>, <v>) need the bridge's split q/k/v inputs, "
                             "which cannot be on together with use_attn_in; call "
                             "model.bridge.set_use_attn_in(False) first."
                         )
-                    getattr(self.bridge, "set_" + flag)(True)
+                    _forks.set_switch(self.bridge, flag, True)
                     changed.append(flag)
             yield
         finally:
             for flag in reversed(changed):
-                getattr(self.bridge, "set_" + flag)(False)
+                _forks.set_switch(self.bridge, flag, False)
 
 
 # -- plain modules ----------------------------------------------------------------------------

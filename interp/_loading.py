@@ -211,9 +211,14 @@ def ungroup_gqa(model: TransformerModel) -> TransformerModel:
     spec = model.spec
     if spec.n_kv_heads == spec.n_heads:
         return model
-    source = getattr(model, "hf_source", None)
+    source = getattr(model, "hf_source", None) or _source_of_bridge(model)
     if source is None:
-        raise ModelLoadError("ungroup_gqa needs a model loaded by interp.load_model / from_hf.")
+        if type(model.bridge.__dict__.get("original_model")).__name__ == "NativeModel":
+            return _ungroup_native(model)
+        raise ModelLoadError(
+            "ungroup_gqa rebuilds the model from the Hugging Face model it wraps or from a "
+            "TransformerLens-native config; this bridge wraps neither."
+        )
     import copy
 
     from transformers import AutoModelForCausalLM
@@ -230,11 +235,62 @@ def ungroup_gqa(model: TransformerModel) -> TransformerModel:
         state[key] = value
     with _quiet():
         hf_model = AutoModelForCausalLM.from_config(config, dtype=next(iter(state.values())).dtype)
-        hf_model.load_state_dict(state, strict=True)
+        missing = sorted(set(hf_model.state_dict()) - set(state))
+        if missing:
+            raise ModelLoadError(f"Cannot ungroup {spec.name}: no weights for {missing[:5]}.")
+        hf_model.load_state_dict({key: state[key] for key in hf_model.state_dict()}, strict=True)
     ungrouped = from_hf(
         hf_model, source.tokenizer, name=spec.name, architecture_name=source.architecture_name
     )
     return ungrouped
+
+
+def _source_of_bridge(model: TransformerModel) -> HFSource | None:
+    """What a bridge built outside :func:`from_hf` (by the user, with ``boot_transformers``)
+    was built from: the Hugging Face model it wraps, with the weights under their HF names
+    (the bridge nests every module it wraps as ``_original_component``). ``None`` for a bridge
+    that wraps no Hugging Face model."""
+    from transformers import PreTrainedModel
+
+    hf_model = model.bridge.__dict__.get("original_model")
+    if not isinstance(hf_model, PreTrainedModel):
+        return None
+    state: dict[str, torch.Tensor] = {}
+    for key, value in hf_model.state_dict().items():
+        state.setdefault(key.replace("_original_component.", ""), value)
+    name = getattr(model.bridge.cfg, "model_name", None) or hf_model.config.name_or_path
+    return HFSource(hf_model.config, state, model.tokenizer, str(name))
+
+
+def _ungroup_native(model: TransformerModel) -> TransformerModel:
+    """:func:`ungroup_gqa` of a ``TransformerBridge.boot_native`` model: the same config with
+    a key and value head per query head, booted again and given the model's weights (each key
+    and value projection's rows repeated for the query heads of its group)."""
+    import copy
+    import dataclasses
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    spec, bridge = model.spec, model.bridge
+    config = copy.deepcopy(bridge.cfg)
+    config.n_key_value_heads = None
+    with _quiet(), contextlib.redirect_stdout(io.StringIO()):  # TL prints device moves
+        new = TransformerBridge.boot_native(
+            config, tokenizer=bridge.tokenizer, dtype=next(bridge.parameters()).dtype
+        )
+        new.to(model.device)
+    old = bridge.original_model.state_dict()
+    state = {}
+    for key, value in new.original_model.state_dict().items():
+        weight = old[key]
+        if weight.shape != value.shape:  # a key or value projection: rows per KV head
+            heads = weight.unflatten(0, (spec.n_kv_heads, -1))
+            weight = heads.repeat_interleave(spec.group_size, dim=0).flatten(0, 1)
+        state[key] = weight
+    new.original_model.load_state_dict(state, strict=True)
+    for p in new.parameters():
+        p.requires_grad_(False)
+    return TransformerModel(new, dataclasses.replace(spec, n_kv_heads=spec.n_heads))
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from typing import Any
 
 from ._errors import GraphFormatError
 
-__all__ = ["ModelSpec", "spec_from_bridge"]
+__all__ = ["ModelSpec", "is_causal", "spec_from_bridge"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ class ModelSpec:
     d_vocab: int | None = None
     n_ctx: int | None = None
     parallel_attn_mlp: bool = False
+    causal: bool = True
+    """Whether each position attends only to itself and earlier ones (a decoder). Patching
+    skips the positions before a patch only when it is."""
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "n_heads", "d_model"):
@@ -98,4 +101,27 @@ def spec_from_bridge(bridge: Any, name: str) -> ModelSpec:
         d_vocab=int(cfg.d_vocab),
         n_ctx=int(cfg.n_ctx) if getattr(cfg, "n_ctx", None) else None,
         parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
+        causal=is_causal(bridge),
     )
+
+
+def is_causal(bridge: Any) -> bool:
+    """Whether a bridge's attention is causal, read from the model as it is now.
+
+    Not causal when the bridge's config says its attention is not (``attention_dir``, which
+    TransformerLens sets to ``"bidirectional"`` for encoders and diffusion LMs and which
+    ``boot_native`` obeys), when any attention bridge is marked ``is_causal = False``, or when
+    the attention modules it wraps or the wrapped Hugging Face model's config say
+    ``is_causal = False``.
+    """
+    if getattr(bridge.cfg, "attention_dir", "causal") != "causal":
+        return False
+    for block in getattr(bridge, "blocks", ()):
+        attn = block._modules.get("attn") if hasattr(block, "_modules") else None
+        if attn is None:
+            continue
+        original = getattr(attn, "original_component", None)
+        if False in (getattr(attn, "is_causal", True), getattr(original, "is_causal", True)):
+            return False
+    config = getattr(bridge.__dict__.get("original_model"), "config", None)
+    return getattr(config, "is_causal", True) is not False

@@ -88,3 +88,114 @@ def grad_at(hf: torch.nn.Module, tokens: torch.Tensor, site: str, metric) -> tor
     finally:
         handle.remove()
     return grad
+
+
+# -- TransformerLens-native models, computed from their weights ---------------------------------
+
+
+def pristine_native(config, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
+    """A fresh ``NativeModel`` with the weights ``TransformerBridge.boot_native(config)`` gives
+    (the same config and seed), outside any bridge."""
+    import copy
+
+    from transformer_lens.model_bridge.sources.native import NativeModel, initialize_native_model
+
+    config = copy.deepcopy(config)
+    with torch.random.fork_rng(devices=[]):
+        model = NativeModel(config)
+        initialize_native_model(model, config)
+    return model.to(dtype).eval()
+
+
+def native_graph_forward(model, tokens, *, source=None, edges=(), probes=None):
+    """Logits of a ``NativeModel`` (standard or rotary positions, any norm, any MLP, grouped
+    keys and values) with every reader of the residual stream reading its own copy of it.
+
+    Writers are named as graph nodes (``input``, ``a{L}.h{H}``, ``m{L}``), readers as
+    ``(node, port)`` (``("a1.h2", "k")``, ``("m0", "")``, ``("logits", "")``). For every edge
+    ``(writer, reader)`` in ``edges``, the reader's copy gets ``source[writer] - current``
+    added (path patching); ``probes`` maps readers to tensors added to their copies (zeros that
+    require grad give the gradient there). Returns the logits and every writer's output."""
+    cfg = model.cfg
+    n_heads, d_head = cfg.n_heads, cfg.d_head
+    group = n_heads // (cfg.n_key_value_heads or n_heads)
+    n_pos = tokens.shape[1]
+    x = model.tok_embed(tokens)
+    if model.pos is not None:
+        x = x + model.pos(torch.arange(n_pos))
+    writers = {"input": x}
+    resid = x
+
+    def read(reader, plain):
+        for writer, to in edges:
+            if to == reader:
+                plain = plain + source[writer] - writers[writer]
+        if probes is not None and reader in probes:
+            plain = plain + probes[reader]
+        return plain
+
+    for layer, block in enumerate(model.layers):
+        attn = block.attn
+        readers = [(f"a{layer}.h{h}", port) for port in "qkv" for h in range(n_heads)]
+        copies = block.ln1(torch.stack([read(r, resid) for r in readers], 2))  # (b, p, 3h, d)
+        per_port = {}
+        for i, (port, linear) in enumerate((("q", attn.q), ("k", attn.k), ("v", attn.v))):
+            # rows of each query head; keys and values: rows of the head's group
+            w = linear.weight.unflatten(0, (-1, d_head)).repeat_interleave(
+                1 if port == "q" else group, 0
+            )
+            b = linear.bias.unflatten(0, (-1, d_head)).repeat_interleave(
+                1 if port == "q" else group, 0
+            )
+            x = copies[:, :, i * n_heads : (i + 1) * n_heads]
+            per_port[port] = torch.einsum("bphm,hem->bhpe", x, w) + b[:, None]
+        q, k, v = per_port["q"], per_port["k"], per_port["v"]
+        if model.rotary is not None:
+            q, k = model.rotary.apply_rope(q, k)
+        scores = q @ k.transpose(-1, -2) / attn.scale
+        if attn.causal:
+            future = torch.ones(n_pos, n_pos, dtype=torch.bool).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        z = scores.softmax(-1) @ v
+        w_o = attn.o.weight.unflatten(1, (n_heads, d_head))  # (d_model, head, d_head)
+        results = torch.einsum("bhpe,mhe->bphm", z, w_o)
+        for h in range(n_heads):
+            writers[f"a{layer}.h{h}"] = results[:, :, h]
+        resid = resid + results.sum(2) + attn.o.bias
+        mlp_out = block.mlp(block.ln2(read((f"m{layer}", ""), resid)))
+        writers[f"m{layer}"] = mlp_out
+        resid = resid + mlp_out
+    logits = model.head(model.ln_out(read(("logits", ""), resid)))
+    return logits, writers
+
+
+def per_cell_patching(model, base, source, metric, module, cells, *, on_input=False):
+    """Plain activation patching with torch hooks of our own: for each index in ``cells``, run
+    ``base`` with that slice of ``module``'s output (or first input) replaced by the ``source``
+    run's; return ``metric(logits)`` of each run."""
+    recorded = []
+
+    def record(mod, args, out=None):
+        recorded.append((args[0] if on_input else out).detach().clone())
+
+    def patcher(index):
+        def patch(mod, args, out=None):
+            x = (args[0] if on_input else out).clone()
+            x[index] = recorded[0][index]
+            return (x, *args[1:]) if on_input else x
+
+        return patch
+
+    values = []
+    for fn, tokens in [(record, source), *((patcher(index), base) for index in cells)]:
+        if on_input:
+            handle = module.register_forward_pre_hook(lambda mod, args, fn=fn: fn(mod, args))
+        else:
+            handle = module.register_forward_hook(fn)
+        try:
+            with torch.no_grad():
+                logits = model(tokens)
+        finally:
+            handle.remove()
+        values.append(metric(logits))
+    return values[1:]
