@@ -32,7 +32,16 @@ from ._hooked import (
     wrap,
 )
 from ._layout import GraphLayout, ReaderGroup, WriterGroup
-from ._loading import MODELS, data_path, from_hf, load_model, ungroup_gqa, ungrouped
+from ._loading import (
+    MODELS,
+    ModelTokenizer,
+    data_path,
+    from_hf,
+    load_model,
+    load_tokenizer,
+    ungroup_gqa,
+    ungrouped,
+)
 from ._lrp import COMPOSITES, lrp, lrp_rules, plot_relevance
 from ._progress import progress_bar
 from ._restart import BlockInputs
@@ -67,6 +76,7 @@ __all__ = [
     "InterpError",
     "ModelLoadError",
     "ModelSpec",
+    "ModelTokenizer",
     "ModuleModel",
     "NetworkRequiredError",
     "ShapeError",
@@ -85,6 +95,7 @@ __all__ = [
     "frozen_gains",
     "gradient_rules",
     "load_model",
+    "load_tokenizer",
     "lrp",
     "lrp_rules",
     "plot_relevance",

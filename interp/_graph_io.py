@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ._errors import GraphFormatError
+from ._errors import GraphFormatError, InterpError
 from ._formats import register_format
 from ._graph import DEFAULT_PORTS, SCORE_DTYPES, CircuitGraph, edge_name
 from ._spec import ModelSpec
@@ -632,6 +632,9 @@ def to_csv(g: CircuitGraph, path: Any) -> None:
 
 
 def summary(g: CircuitGraph, k: int = 10) -> str:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        # a negative k sliced off the last |k| rows ("everything except 5")
+        raise InterpError(f"summary(k): k must be an int >= 0; got {k!r}.")
     lines = [repr(g)]
     if g.model:
         m = g.model
