@@ -1,11 +1,13 @@
-"""Models users bring, through the public API at edge level: a bridge built with TransformerLens'
-own ``boot_transformers``, TL-native models (``boot_native``: the generic ``AttentionBridge``),
+"""Models users bring, through the public API at edge level: bridges built with TransformerLens'
+own ``boot_transformers`` (GPT-2, Llama, and GPT-Neo, whose attention is the generic
+``AttentionBridge``), TL-native models (``boot_native``: the generic ``AttentionBridge`` too),
 tasks built from token ids, and a bidirectional model. Each is checked against a reference
 computed without the toolkit: the model's weights (``tests/reference.py``), plain per-cell
 patching with torch hooks of our own, or the same weights loaded through ``load_model``."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -130,6 +132,48 @@ def test_user_built_bridge_patches_exactly(user_and_ours) -> None:
         user.bridge, task.corrupt, clean_cache, logit_diff(task)
     )
     torch.testing.assert_close(patched, reference.float(), atol=1e-4, rtol=0)
+
+
+def test_user_built_bridge_with_the_generic_attention() -> None:
+    """GPT-Neo's bridge hands attention to the wrapped HF module (the generic AttentionBridge,
+    with a local-attention layer): edge patching with the forks gives the corrupted run with
+    every edge patched and the clean one with none (measured on a pristine copy), and patching
+    all of a head's out-edges equals patching its ``z`` with a hook of our own."""
+    config = transformers.GPTNeoConfig(
+        vocab_size=len(word_vocabulary()), hidden_size=32, num_layers=2, num_heads=4,
+        attention_types=[[["global", "local"], 1]], window_size=6, max_position_embeddings=64,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        hf_model = transformers.GPTNeoForCausalLM(config).eval()
+    pristine = copy.deepcopy(hf_model)
+    bridge = TransformerBridge.boot_transformers(
+        "EleutherAI/gpt-neo-125M", hf_model=hf_model, tokenizer=word_tokenizer()
+    )
+    model = interp.wrap(bridge)
+    assert type(bridge.blocks[0].attn).__name__ == "AttentionBridge"
+    task = ioi_task(model, 3, seed=5, template_ids=[1])
+    edge_model, layout = prepare_edge_model(model)
+    n_heads, d_head = model.spec.n_heads, model.spec.d_head
+    masks = torch.zeros(2 + n_heads, layout.n_readers, layout.n_writers, dtype=torch.bool)
+    masks[0] = layout.to_matrix(torch.ones(len(layout.edge_src), dtype=torch.bool))
+    for h in range(n_heads):  # every out-edge of head a0.h{h}
+        masks[2 + h, :, layout.writer_index[f"a0.h{h}"]] = True
+    masks[2:] &= masks[0].clone()  # real edges only
+    got = edge_patching(edge_model, task, masks, run="clean", source="corrupt")
+    with torch.no_grad():
+        for i, tokens in enumerate((task.corrupt, task.clean)):
+            expected = logit_diff(task)(pristine(tokens).logits)
+            assert float(got[i]) == pytest.approx(float(expected), abs=1e-5)
+    heads = [(slice(None), slice(None), slice(h * d_head, (h + 1) * d_head)) for h in range(4)]
+    by_z = per_cell_patching(
+        model, task.clean, task.corrupt, logit_diff(task), bridge.blocks[0].attn.o, heads,
+        on_input=True,
+    )  # fmt: skip
+    torch.testing.assert_close(got[2:], torch.stack(by_z), atol=1e-5, rtol=0)
+    graph = discover(model, task, "eap-ig", "edge", ig_steps=2)
+    assert graph.edge_scores.isfinite().all() and interp.count_hooks(model) == 0
 
 
 # -- TransformerLens-native models: the generic AttentionBridge -----------------------------------
