@@ -205,6 +205,30 @@ def _single_token(model: TransformerModel, text: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
+def _check_texts(where: str, clean: str, corrupt: str, answer: str, wrong: str) -> None:
+    """What is wrong with a pair on its face, before any tokenizer: an empty prompt, the same
+    prompt twice, the same answer twice (the token checks of :func:`task_from_pairs` catch the
+    rest, e.g. two texts that tokenize alike)."""
+    for label, text in (("clean", clean), ("corrupted", corrupt)):
+        if not text.strip():
+            raise TaskError(f"{where}: the {label} prompt is empty; it must have some text.")
+    if clean == corrupt:
+        raise TaskError(_SAME_PROMPTS.format(where=where, clean=clean))
+    if answer == wrong:
+        raise TaskError(_SAME_ANSWERS.format(where=where, answer=answer))
+
+
+_SAME_PROMPTS = (
+    "{where}: the clean and corrupted prompts are the same tokens ({clean!r}), so the corrupted "
+    "run cannot differ from the clean one; the corruption must change the prompt."
+)
+_SAME_ANSWERS = (
+    "{where}: the answer and the wrong answer are the same token ({answer!r}), so their logit "
+    "difference is 0 on every run and there is nothing to explain; the wrong answer must be "
+    "another token."
+)
+
+
 def _tokenize(
     model: TransformerModel,
     texts: Sequence[str],
@@ -267,11 +291,7 @@ def task_from_pairs(
                 f"corrupted: {corrupt[i]!r}."
             )
         if torch.equal(clean_tok[i], corrupt_tok[i]):
-            raise TaskError(
-                f"{where[i]}: the clean and corrupted prompts are the same tokens ({clean[i]!r}), "
-                "so the corrupted run cannot differ from the clean one; the corruption must "
-                "change the prompt."
-            )
+            raise TaskError(_SAME_PROMPTS.format(where=where[i], clean=clean[i]))
         for label, text, out in (
             ("answer", answers[i], answer_ids),
             ("wrong", wrongs[i], wrong_ids),
@@ -285,11 +305,7 @@ def task_from_pairs(
                 )
             out.append(token)
         if answer_ids[i] == wrong_ids[i]:
-            raise TaskError(
-                f"{where[i]}: the answer and the wrong answer are the same token "
-                f"({answers[i]!r}), so their logit difference is 0 on every run and there is "
-                "nothing to explain; the wrong answer must be another token."
-            )
+            raise TaskError(_SAME_ANSWERS.format(where=where[i], answer=answers[i]))
     pad = model.tokenizer.pad_token_id
     pad = 0 if pad is None else int(pad)
     return Task(
@@ -388,6 +404,8 @@ def read_task_file(path: str | Path) -> tuple[dict[str, list[str]], list[str]]:
         for key in rows:
             if not isinstance(item[key], str):
                 raise TaskError(f"{path.name} line {number}: {key!r} must be a string.")
+        _check_texts(f"{path.name} line {number}", *(item[key] for key in TASK_KEYS))
+        for key in rows:
             rows[key].append(item[key])
         where.append(f"{path.name} line {number}")
     if not where:

@@ -41,6 +41,10 @@ def tokens():
             {**GOOD, "corrupt": GOOD["clean"]},
             "line 2: the clean and corrupted prompts are the same",
         ),
+        (  # different texts, the same tokens: both unknown words are <unk> to the tiny tokenizer
+            {**GOOD, "clean": "When Mary qqq", "corrupt": "When Mary zzz"},
+            "line 2: the clean and corrupted prompts are the same tokens",
+        ),
         ({**GOOD, "clean": "", "corrupt": ""}, "line 2: the clean prompt is empty"),
         ({**GOOD, "corrupt": "   "}, "line 2: the corrupted prompt is empty"),
         (
