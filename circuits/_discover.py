@@ -105,6 +105,12 @@ def discover(
             + did_you_mean(method, METHODS)
         )
     check_option("level", level, Level)
+    if not getattr(model, "causal", True) and not task.equal_lengths:
+        raise InterpError(
+            "This model attends in both directions, and no attention mask is passed, so the "
+            "real tokens of shorter prompts would attend to their padding; use prompts of one "
+            "length (e.g. ioi_task(..., template_ids=[0]))."
+        )
     if level not in entry.levels:
         raise InterpError(f"Method {method!r} scores {' and '.join(entry.levels)}s, not {level}s.")
     start = time.perf_counter()

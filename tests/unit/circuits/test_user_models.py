@@ -409,3 +409,11 @@ def test_token_ids_without_bos_patch_exactly(tiny_gpt2) -> None:
             tiny_gpt2, corrupt, clean, logit_diff(task), block, cells, on_input=True
         )
         torch.testing.assert_close(got[layer], torch.stack(expected), atol=1e-5, rtol=0)
+
+
+def test_bidirectional_discovery_refuses_prompts_of_several_lengths(bidirectional) -> None:
+    """Without an attention mask a bidirectional model's real tokens would attend to padding."""
+    task = ioi_task(bidirectional, 4, seed=0)
+    assert not task.equal_lengths
+    with pytest.raises(interp.InterpError, match="one\\s+length"):
+        discover(bidirectional, task, "eap", "edge")
