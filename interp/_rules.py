@@ -102,8 +102,12 @@ def gradient_rules(
 
 
 def _activation(bridge: nn.Module) -> Callable[[Tensor], Tensor]:
-    config = bridge.original_model.config
+    """The MLP's activation function, named by the Hugging Face config (or, for a
+    ``boot_native`` bridge, which has none, by the bridge's own ``cfg.act_fn``)."""
+    original = getattr(bridge, "original_model", None)
+    config = getattr(original, "config", None)
     name = getattr(config, "hidden_act", None) or getattr(config, "activation_function", None)
+    name = name or getattr(getattr(bridge, "cfg", None), "act_fn", None)
     from transformers.activations import ACT2FN
 
     if name not in ACT2FN:

@@ -417,3 +417,16 @@ def test_bidirectional_discovery_refuses_prompts_of_several_lengths(bidirectiona
     assert not task.equal_lengths
     with pytest.raises(interp.InterpError, match="one\\s+length"):
         discover(bidirectional, task, "eap", "edge")
+
+
+def test_native_models_take_the_lrp_rules(native) -> None:
+    """RelP's identity rule reads the MLP's activation from the bridge's own config when
+    there is no Hugging Face one (it used to raise AttributeError on native models)."""
+    _, model = native
+    task = ioi_task(model, 2, seed=0, template_ids=[0])
+    eap = discover(model, task, "eap", "edge")
+    for rules in ("relp-ah", "attnlrp"):
+        graph = discover(model, task, rules, "edge")
+        assert graph.edge_scores.isfinite().all() and graph.edge_scores.abs().sum() > 0
+        assert not torch.allclose(graph.edge_scores, eap.edge_scores, rtol=1e-3, atol=1e-6)
+    assert interp.count_hooks(model) == 0
