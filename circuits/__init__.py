@@ -6,7 +6,8 @@ edge patching and faithfulness (:func:`edge_patching`, :func:`faithfulness`; MIB
 circuit sizes with CPR and CMD: :func:`evaluate`; exact refinement of a circuit's boundary:
 :func:`refine_circuit`), the gradient methods AtP / EAP / EAP-IG
 (:func:`attribution_patching`, :func:`edge_attribution`, :func:`node_attribution`), and
-:func:`discover`, which looks methods up by name.
+:func:`discover`, which looks methods up by name (and shards a sweep over Ray actors with
+``executor="ray"``: :class:`RayExecutor`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ._evaluate import (
 from ._masks import edge_pruning, masked_metric
 from ._metrics import METRICS, AnswerProb, KLToClean, LogitDiff, Metric, UserMetric
 from ._patching import activation_patching, lookahead_patching, patching_costs
+from ._ray import RayExecutor
 from ._refined import Refined, refined_patching
 from ._tasks import Task, TaskError, ioi_split, ioi_task, task_from_jsonl, task_from_pairs
 
@@ -45,6 +47,7 @@ __all__ = [
     "UserMetric",
     "METHODS",
     "MIB_FRACTIONS",
+    "RayExecutor",
     "Evaluation",
     "Refined",
     "Task",

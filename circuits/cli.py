@@ -394,11 +394,12 @@ def _run_discovery(
     metric: str = "logit_diff",
     selection: str = "greedy-signed",
     held_out: bool = False,
+    ray: str | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Check everything, then discover, select the circuit, and measure its faithfulness: on
     the same prompts, or with ``held_out`` on the other IOI half (the task is then found on the
     train half)."""
-    from circuits import discover, faithfulness, select_circuit
+    from circuits import RayExecutor, discover, faithfulness, select_circuit
 
     split = "train" if held_out else split
     tokens = _check_discovery(
@@ -413,7 +414,8 @@ def _run_discovery(
         f"task {task.name}: {len(task)} prompt pairs; running {method} ({level} level) ...",
         err=True,
     )
-    graph = discover(model, task, method, level)
+    executor = None if ray is None else RayExecutor(address=ray)
+    graph = discover(model, task, method, level, executor=executor)
     k = min(top, graph.n_ranked(level))
     if level == "edge":
         circuit = select_circuit(graph, k, selection)
@@ -493,6 +495,13 @@ def discover(
     json_summary: bool = typer.Option(
         False, "--json-summary", help="End with one line of JSON (for scripts)."
     ),
+    ray: str = typer.Option(
+        None,
+        "--ray",
+        metavar="auto|ADDRESS",
+        help="Shard the work over Ray workers (pip install 'interp-toolkit[ray]'): 'auto' joins "
+        "the cluster RAY_ADDRESS names or starts a local one; or a cluster's address.",
+    ),
 ) -> None:
     """Discover a circuit, measure its faithfulness and write it out."""
     start = time.perf_counter()
@@ -509,6 +518,7 @@ def discover(
         _split(split),
         metric,
         selection.value,
+        ray=ray,
     )
     seconds = time.perf_counter() - start
     _write(out, circuit.to_json)

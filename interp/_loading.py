@@ -855,10 +855,15 @@ def load_model(
     device = _check_device(device)
     entry, path = _resolve(name, config_overrides)
     if entry is not None:
-        return entry.loader(dtype=dtype, device=device, seed=seed, **config_overrides)
-    if path is not None:
-        return _load_local(path, dtype=dtype, device=device)
-    return _load_hub(name, dtype=dtype, device=device)
+        model = entry.loader(dtype=dtype, device=device, seed=seed, **config_overrides)
+    elif path is not None:
+        model = _load_local(path, dtype=dtype, device=device)
+    else:
+        model = _load_hub(name, dtype=dtype, device=device)
+    # the arguments that load this model again, in another process (a Ray worker)
+    model.loaded_with = {"name": name, "dtype": dtype, "device": device, "seed": seed}
+    model.loaded_with.update(config_overrides)
+    return model
 
 
 def load_tokenizer(name: str = "smollm2-135m", **config_overrides: Any) -> ModelTokenizer:
