@@ -133,8 +133,11 @@ def count_hooks(model: nn.Module | HookedModel) -> int:
     """Number of hooks added to a model: torch hooks on it and all its submodules (0 on a clean
     model, before and after any pass, whether or not the pass raised).
 
-    A TransformerLens bridge's own capture hooks (``_capture_pre_ln1``, ``_capture_mlp_in``:
-    part of how its blocks work, wired when the model is wrapped) are not counted.
+    Hooks the libraries underneath install for good are not counted: a TransformerLens
+    bridge's capture hooks (``_capture_pre_ln1``, ``_capture_mlp_in``: part of how its blocks
+    work, wired when the model is wrapped) and the output-capturing hooks that transformers
+    installs the first time a model is asked for its attentions or hidden states (they record
+    only inside transformers' own capture context).
     """
     if isinstance(model, HookedModel):
         model = model.model
@@ -142,9 +145,20 @@ def count_hooks(model: nn.Module | HookedModel) -> int:
     total = 0
     for m in _all_modules(model):
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
-            total += sum(1 for key in hooks if (id(hooks), key) not in own)
+            total += sum(
+                1
+                for key, fn in hooks.items()
+                if (id(hooks), key) not in own and not _transformers_capture(fn)
+            )
         total += len(m._backward_hooks) + len(m._backward_pre_hooks)
     return total
+
+
+def _transformers_capture(fn: Any) -> bool:
+    """Whether a hook is one of transformers' permanent output-capturing hooks."""
+    return getattr(fn, "__qualname__", "").endswith(".output_capturing_hook") and getattr(
+        fn, "__module__", ""
+    ).startswith("transformers.")
 
 
 def _bridge_own_hooks(model: nn.Module) -> set[tuple[int, int]]:

@@ -363,3 +363,21 @@ def test_restarting_at_any_block_reproduces_the_run(tiny: interp.TransformerMode
         tiny.forward_from(0, inputs.resid[0][:, 5:], tiny.block_inputs(tokens)[1], start=5)
     with pytest.raises(ShapeError, match="copies"):
         tiny.forward_from(0, inputs.resid[0][:1], inputs)
+
+
+def test_transformers_output_capturing_hooks_are_not_ours() -> None:
+    """transformers installs permanent output-capturing hooks the first time TransformerLens'
+    own run_with_cache asks for attentions; they are the library's, not a leak of ours."""
+    model = interp.load_model("tiny-gpt2")
+    task_tokens = model.to_tokens(["When Mary and John went to the store, John gave"])
+    assert interp.count_hooks(model) == 0
+    model.bridge.run_with_cache(task_tokens)
+    names = [
+        getattr(fn, "__qualname__", "")
+        for m in model.bridge.modules()
+        for fn in m._forward_hooks.values()
+    ]
+    assert any(name.endswith("output_capturing_hook") for name in names)
+    assert interp.count_hooks(model) == 0
+    with model.hooks({"a0.z": lambda x, site: x}):
+        assert interp.count_hooks(model) == 1
