@@ -7,6 +7,7 @@ name with the levels it supports. Scores always estimate (or, for activation pat
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ def discover(
     level: str = "edge",
     *,
     executor: Any = None,
+    checkpoint: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> CircuitGraph:
     """Score the model's graph for a task with a registered method.
@@ -87,6 +89,10 @@ def discover(
         ``None`` runs in this process; ``"ray"`` (or a :class:`~circuits.RayExecutor`) shards
         the work over Ray actors (``pip install 'interp-toolkit[ray]'``): the gradient methods
         by prompts, node-level activation patching by cells. Same result within 1e-6.
+    checkpoint : str or path, optional
+        A folder keeping the plan and every finished shard of a sharded sweep (in this
+        process too), each file written atomically: the same call after an interruption
+        (Ctrl-C, ``kill -9``) runs only the missing shards and gives the identical result.
     **options
         Passed to the method (``direction``, ``ig_steps``, ...).
 
@@ -120,12 +126,14 @@ def discover(
     if level not in entry.levels:
         raise InterpError(f"Method {method!r} scores {' and '.join(entry.levels)}s, not {level}s.")
     start = time.perf_counter()
-    if executor is None:
+    if executor is None and checkpoint is None:
         graph = entry.fn(model, task, level, **options)  # a new graph, ours to label
     else:
         from ._ray import sharded_discover  # ray is an optional dependency
 
-        graph = sharded_discover(executor, model, task, entry.name, level, **options)
+        graph = sharded_discover(
+            executor, model, task, entry.name, level, checkpoint=checkpoint, **options
+        )
     graph.method = method
     graph.meta.update(level=level, seconds=time.perf_counter() - start, n_prompts=len(task))
     return graph

@@ -1,4 +1,5 @@
-"""Sweeps sharded over Ray actors: ``discover(..., executor="ray")``.
+"""Sharded sweeps: on Ray actors (``discover(..., executor="ray")``), and resumable from a
+checkpoint (``discover(..., checkpoint=DIR)``).
 
 Ray is the engine: each worker is a Ray actor that loads the model once (with the arguments
 :func:`interp.load_model` recorded on it) and runs shards of the sweep in process. A worker
@@ -15,12 +16,24 @@ How a method is sharded:
 
 The driver shows one progress bar over the shards. Actors stay up for the next sweep with the
 same model until Ray shuts down (``ray.shutdown()``, or the end of the driver process).
+
+With a checkpoint folder, the plan of the sweep and every finished shard are written there,
+each file atomically (a temporary file renamed into place), so a sweep stopped at any moment
+(Ctrl-C, ``kill -9``) leaves only whole files, and the same call again runs only the missing
+shards (in this process, or on Ray with any number of workers: the plan is read back) and
+gives the identical result. A folder holding another sweep is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +50,9 @@ __all__ = ["RayExecutor", "as_executor", "prompt_sharded", "sharded_discover"]
 PROMPT_SHARDED = ("atp", "eap", "eap-ig", "eap-ig-activations", "clean-corrupted")
 CELL_SHARDED = ("activation-patching",)  # at node level
 SHARDS_PER_WORKER = 4  # several shards a worker: an even load and a progress bar that moves
+LOCAL_SHARDS = 8  # shards of a checkpointed sweep in this process
+PLAN_FILE = "sweep.json"
+CHECKPOINT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -81,9 +97,9 @@ class RayExecutor:
             )
 
 
-def as_executor(executor: Any) -> RayExecutor:
-    """``"ray"`` or a :class:`RayExecutor`, checked."""
-    if isinstance(executor, RayExecutor):
+def as_executor(executor: Any) -> RayExecutor | None:
+    """``None`` (this process), ``"ray"`` or a :class:`RayExecutor`, checked."""
+    if executor is None or isinstance(executor, RayExecutor):
         return executor
     if executor == "ray":
         return RayExecutor()
@@ -113,26 +129,79 @@ def _connect(ray: Any, executor: RayExecutor) -> None:
     ray.init(address=address, include_dashboard=False, logging_level="WARNING")
 
 
-class _Worker:
-    """A Ray actor: one copy of the model, and the shards it is handed."""
+# -- running shards --------------------------------------------------------------------------------
+
+
+class _Shards:
+    """Runs shards of a sweep on one copy of the model; each returns a dict of tensors (and
+    the method's meta), which is what a checkpoint file holds."""
+
+    def __init__(self, model: TransformerModel) -> None:
+        self.model = model
+        self.device = next(model.bridge.parameters()).device
+
+    def prompts(
+        self,
+        task: Task,
+        start: int,
+        stop: int,
+        method: str,
+        level: str,
+        options: dict[str, Any],
+    ) -> dict[str, Any]:
+        from ._discover import discover
+
+        part = task.subset(slice(start, stop)).to(self.device)
+        graph = discover(self.model, part, method, level, **options)
+        out: dict[str, Any] = {"meta": graph.meta}
+        for name in ("node_scores", "edge_scores"):
+            if getattr(graph, name) is not None:
+                out[name] = getattr(graph, name).cpu()
+        return out
+
+    def cells(
+        self, task: Task, component: str, cells: list[int], options: dict[str, Any]
+    ) -> dict[str, Any]:
+        spec = self.model.spec
+        shape = (spec.n_layers, spec.n_heads) if component == "heads" else (spec.n_layers,)
+        mask = torch.zeros(shape, dtype=torch.bool)
+        mask.view(-1)[cells] = True
+        values = activation_patching(
+            self.model, task.to(self.device), component, cells=mask, **options
+        )
+        return {"values": values.cpu()}
+
+
+class _Worker(_Shards):
+    """A Ray actor: loads its copy of the model once, then runs the shards it is handed."""
 
     def __init__(self, loaded_with: dict[str, Any]) -> None:
         from interp import load_model
 
-        self.model = load_model(**loaded_with)
-        self.device = next(self.model.bridge.parameters()).device
+        super().__init__(load_model(**loaded_with))
 
-    def discover(self, task: Task, method: str, level: str, options: dict[str, Any]) -> Any:
-        from ._discover import discover
 
-        graph = discover(self.model, task.to(self.device), method, level, **options)
-        return graph.node_scores, graph.edge_scores, graph.meta
+Call = tuple[str, tuple[Any, ...]]  # a _Shards method and its arguments after the task
 
-    def patch(self, task: Task, component: str, cells: Tensor, options: dict[str, Any]) -> Tensor:
-        values = activation_patching(
-            self.model, task.to(self.device), component, cells=cells, **options
-        )
-        return values.cpu()
+
+def _run_here(shards: _Shards, task: Task, calls: dict[int, Call]) -> Iterator[tuple[int, Any]]:
+    for i, (name, args) in calls.items():
+        yield i, getattr(shards, name)(task, *args)
+
+
+def _run_on_ray(
+    ray: Any, actors: list[Any], task: Task, calls: dict[int, Call]
+) -> Iterator[tuple[int, Any]]:
+    """Results as they come; shard j goes to actor j mod workers."""
+    task_ref = ray.put(task.to("cpu"))
+    refs = {
+        getattr(actors[j % len(actors)], name).remote(task_ref, *args): i
+        for j, (i, (name, args)) in enumerate(calls.items())
+    }
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield refs[done[0]], ray.get(done[0])
 
 
 _POOLS: dict[tuple[Any, ...], list[Any]] = {}
@@ -149,7 +218,7 @@ def _loaded_with(model: TransformerModel) -> dict[str, Any]:
     return dict(loaded_with)
 
 
-def _workers(ray: Any, executor: RayExecutor, model: TransformerModel) -> list[Any]:
+def _actors(ray: Any, executor: RayExecutor, model: TransformerModel) -> list[Any]:
     """The pool of actors holding this model, started on first use."""
     loaded_with = _loaded_with(model)
     device = loaded_with.get("device")
@@ -177,24 +246,114 @@ def _workers(ray: Any, executor: RayExecutor, model: TransformerModel) -> list[A
     return _POOLS[key]
 
 
-def _gather(ray: Any, refs: list[Any], desc: str, progress: bool | None) -> list[Any]:
-    """The results of ``refs`` in order, with one progress bar over them."""
-    index = {ref: i for i, ref in enumerate(refs)}
-    results: list[Any] = [None] * len(refs)
-    pending = list(refs)
-    with progress_bar(total=len(refs), desc=desc, progress=progress) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            results[index[done[0]]] = ray.get(done[0])
-            bar.update(1)
-    return results
+# -- checkpoints -----------------------------------------------------------------------------------
 
 
-def _splits(n: int, parts: int) -> list[slice]:
-    """``parts`` contiguous slices of ``range(n)`` as even as can be (none empty)."""
-    parts = max(1, min(n, parts))
-    bounds = [round(i * n / parts) for i in range(parts + 1)]
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through a temporary file in the same folder, renamed into place when complete."""
+    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _digest(x: Any) -> Any:
+    """A JSON-able form of a sweep's inputs that is the same in every process."""
+    if isinstance(x, Tensor):
+        data = x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        return f"tensor {x.dtype} {tuple(x.shape)} {hashlib.sha256(data).hexdigest()}"
+    if isinstance(x, dict):
+        return {str(k): _digest(v) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(x, list | tuple):
+        return [_digest(v) for v in x]
+    if isinstance(x, str | int | float | bool) or x is None:
+        return x
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        fields = {f.name: getattr(x, f.name) for f in dataclasses.fields(x)}
+        return {"type": type(x).__qualname__, **_digest(fields)}
+    if callable(x):
+        return f"{getattr(x, '__module__', '')}.{getattr(x, '__qualname__', type(x).__name__)}"
+    return repr(x)
+
+
+def _fingerprint(
+    model: TransformerModel, task: Task, method: str, level: str, options: dict[str, Any]
+) -> str:
+    loaded_with = getattr(model, "loaded_with", None)
+    weights = loaded_with if loaded_with is not None else model.bridge.state_dict()
+    fields = ("clean", "corrupt", "lengths", "answer", "wrong", "metric")
+    inputs = {
+        "method": method,
+        "level": level,
+        "options": {k: v for k, v in options.items() if k != "progress"},
+        "model": {"spec": model.spec, "weights": weights},
+        "task": {f: getattr(task, f) for f in fields},
+    }
+    text = json.dumps(_digest(inputs), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class _Checkpoint:
+    """A folder with the sweep's plan (``sweep.json``) and one file per finished shard."""
+
+    def __init__(self, folder: str | os.PathLike[str], fingerprint: str) -> None:
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InterpError(f"checkpoint must be a folder; {self.folder} is a file.")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob(".tmp-*"):  # a write that a kill cut short
+            stale.unlink(missing_ok=True)
+        self.fingerprint = fingerprint
+        self.plan: dict[str, Any] | None = None
+        plan_file = self.folder / PLAN_FILE
+        if plan_file.exists():
+            try:
+                stored = json.loads(plan_file.read_text())
+            except (OSError, ValueError) as e:
+                raise InterpError(f"Cannot read the checkpoint plan {plan_file}: {e}.") from None
+            if stored.get("fingerprint") != fingerprint:
+                raise InterpError(
+                    f"The checkpoint folder {self.folder} holds another sweep (a different "
+                    "model, task, method or options); use a new folder, or delete this one "
+                    "to start over."
+                )
+            self.plan = stored["plan"]
+
+    def start(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """The stored plan, or ``plan``, stored now."""
+        if self.plan is None:
+            body = {"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "plan": plan}
+            text = json.dumps(body, indent=1).encode()
+            _atomic_write(self.folder / PLAN_FILE, lambda f: f.write(text))
+            self.plan = plan
+        return self.plan
+
+    def _file(self, i: int) -> Path:
+        return self.folder / f"shard-{i:05d}.pt"
+
+    def done(self, count: int) -> dict[int, Any]:
+        results = {}
+        for i in range(count):
+            if self._file(i).exists():
+                try:
+                    results[i] = torch.load(self._file(i), weights_only=True)
+                except Exception as e:  # whatever makes it unreadable, the file is named
+                    raise InterpError(
+                        f"Cannot read the checkpoint file {self._file(i)} ({e}); delete it and "
+                        "run again to recompute that shard."
+                    ) from None
+        return results
+
+    def save(self, i: int, result: Any) -> None:
+        _atomic_write(self._file(i), lambda f: torch.save(result, f))
+
+
+# -- the sweep -------------------------------------------------------------------------------------
 
 
 def sharded_discover(
@@ -204,116 +363,146 @@ def sharded_discover(
     method: str,
     level: str,
     *,
+    checkpoint: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     **options: Any,
 ) -> CircuitGraph:
-    """:func:`circuits.discover` with the work cut into shards that Ray actors run."""
+    """:func:`circuits.discover` with the work cut into shards that Ray actors (or this
+    process, shard after shard) run; with a ``checkpoint`` folder, finished shards are kept
+    there and not run again."""
     executor = as_executor(executor)
     if prompt_sharded(method):
-        run = _by_prompts
+        kind = "prompts"
     elif method in CELL_SHARDED and level == "node":
-        run = _by_cells
+        kind = "cells"
     else:
+        what = "executor='ray'" if checkpoint is None else "A checkpoint"
         raise InterpError(
-            f"executor='ray' shards {', '.join(PROMPT_SHARDED)} and the RelP rule sets by "
-            f"prompts, and activation-patching at node level by cells; got {method!r} at "
-            f"{level} level: run it without an executor."
+            f"{what} shards {', '.join(PROMPT_SHARDED)} and the RelP rule sets by prompts, "
+            f"and activation-patching at node level by cells; got {method!r} at {level} level: "
+            "run it without one."
         )
-    ray = _ray()
-    _loaded_with(model)  # fail before starting Ray
-    _connect(ray, executor)
-    workers = _workers(ray, executor, model)
-    shards = executor.shards or SHARDS_PER_WORKER * len(workers)
-    return run(ray, workers, shards, model, task, method, level, progress, options)
+    store = None
+    if checkpoint is not None:
+        store = _Checkpoint(checkpoint, _fingerprint(model, task, method, level, options))
+    if executor is None:
+        count, workers = LOCAL_SHARDS, 1
+    else:
+        ray = _ray()
+        _loaded_with(model)  # fail before starting Ray
+        _connect(ray, executor)
+        actors = _actors(ray, executor, model)
+        count, workers = executor.shards or SHARDS_PER_WORKER * len(actors), len(actors)
+    options = {**options, "progress": False}
+    if kind == "prompts":
+        plan = {"prompts": _splits(len(task), count)}
+        if store is not None:
+            plan = store.start(plan)
+        calls = {
+            i: ("prompts", (a, b, method, level, options))
+            for i, (a, b) in enumerate(plan["prompts"])
+        }
+    else:
+        options.setdefault("direction", "denoising")
+        plan = {"cells": _cell_jobs(model, count)}
+        if store is not None:
+            plan = store.start(plan)
+        calls = {i: ("cells", (c, cells, options)) for i, (c, cells) in enumerate(plan["cells"])}
+    results = {} if store is None else store.done(len(calls))
+    todo = {i: call for i, call in calls.items() if i not in results}
+    if executor is None:
+        run = _run_here(_Shards(model), task, todo)
+    else:
+        run = _run_on_ray(ray, actors, task, todo)
+    where = "this process" if executor is None else f"{workers} Ray workers"
+    with progress_bar(
+        total=len(calls), initial=len(results), desc=f"{method} on {where}", progress=progress
+    ) as bar:
+        for i, result in run:
+            if store is not None:
+                store.save(i, result)
+            results[i] = result
+            bar.update(1)
+    ordered = [results[i] for i in range(len(calls))]
+    meta = {"shards": len(calls)}
+    if executor is not None:
+        meta["executor"] = "ray"
+    if kind == "prompts":
+        return _combine_prompts(model, task, plan["prompts"], ordered, meta)
+    return _combine_cells(
+        model, task, plan["cells"], ordered, {**meta, "direction": options["direction"]}
+    )
 
 
-def _by_prompts(
-    ray: Any,
-    workers: Sequence[Any],
-    shards: int,
+def _splits(n: int, parts: int) -> list[list[int]]:
+    """``parts`` contiguous ``[start, stop)`` ranges of ``range(n)``, as even as can be."""
+    parts = max(1, min(n, parts))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [[a, b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _cell_jobs(model: TransformerModel, shards: int) -> list[list[Any]]:
+    """The input (patching the residual entering block 0), every head and every MLP, dealt
+    round robin to about ``shards`` jobs: ``[component, flat cell indices]``."""
+    spec = model.spec
+    cells = {
+        "resid": [0],
+        "heads": list(range(spec.n_layers * spec.n_heads)),
+        "mlp": list(range(spec.n_layers)),
+    }
+    total = sum(len(c) for c in cells.values())
+    jobs = []
+    for component, flat in cells.items():
+        parts = min(len(flat), max(1, round(shards * len(flat) / total)))
+        jobs += [[component, flat[k::parts]] for k in range(parts)]
+    return jobs
+
+
+def _combine_prompts(
     model: TransformerModel,
     task: Task,
-    method: str,
-    level: str,
-    progress: bool | None,
-    options: dict[str, Any],
+    parts: list[list[int]],
+    results: list[dict[str, Any]],
+    meta: dict[str, Any],
 ) -> CircuitGraph:
     """Scores are means over prompts: each shard's, weighted by its share of the prompts."""
-    parts = _splits(len(task), shards)
-    cpu = task.to("cpu")
-    options = {**options, "progress": False}
-    refs = [
-        workers[i % len(workers)].discover.remote(cpu.subset(part), method, level, options)
-        for i, part in enumerate(parts)
-    ]
-    results = _gather(ray, refs, f"{method} on {len(workers)} Ray workers", progress)
     n = len(task)
 
-    def combine(which: int) -> Tensor | None:
-        scores = [r[which] for r in results]
-        if any(s is None for s in scores):
+    def combine(name: str) -> Tensor | None:
+        if any(name not in r for r in results):
             return None
-        total = sum((p.stop - p.start) / n * s.double() for p, s in zip(parts, scores, strict=True))
-        return total.to(scores[0].dtype)
+        total = sum(
+            (b - a) / n * r[name].double() for (a, b), r in zip(parts, results, strict=True)
+        )
+        return total.to(results[0][name].dtype)
 
-    graph = CircuitGraph.from_model(model)
-    meta = {**results[0][2], "n_prompts": n, "executor": "ray", "shards": len(parts)}
-    return graph.with_scores(
-        node_scores=combine(0),
-        edge_scores=combine(1),
+    return CircuitGraph.from_model(model).with_scores(
+        node_scores=combine("node_scores"),
+        edge_scores=combine("edge_scores"),
         metric=task.metric_name,
         task=task.name,
-        meta=meta,
+        meta={**results[0]["meta"], "n_prompts": n, **meta},
     )
 
 
-def _by_cells(
-    ray: Any,
-    workers: Sequence[Any],
-    shards: int,
+def _combine_cells(
     model: TransformerModel,
     task: Task,
-    method: str,
-    level: str,
-    progress: bool | None,
-    options: dict[str, Any],
+    jobs: list[list[Any]],
+    results: list[dict[str, Any]],
+    meta: dict[str, Any],
 ) -> CircuitGraph:
-    """Node-level activation patching: the input (patching the residual entering block 0),
-    every head and every MLP, dealt round robin to the shards of each component."""
+    """Node-level activation patching from the cells' metrics."""
     from ._discover import _node_graph
 
-    direction = options.pop("direction", "denoising")
-    options = {**options, "direction": direction, "progress": False}
-    spec = model.spec
-    wanted = {
-        "resid": torch.zeros(spec.n_layers, dtype=torch.bool),
-        "heads": torch.ones(spec.n_layers, spec.n_heads, dtype=torch.bool),
-        "mlp": torch.ones(spec.n_layers, dtype=torch.bool),
+    spec, dtype = model.spec, results[0]["values"].dtype
+    values = {
+        "resid": torch.full((spec.n_layers,), float("nan"), dtype=dtype),
+        "heads": torch.full((spec.n_layers, spec.n_heads), float("nan"), dtype=dtype),
+        "mlp": torch.full((spec.n_layers,), float("nan"), dtype=dtype),
     }
-    wanted["resid"][0] = True  # the input node only
-    total = sum(int(mask.sum()) for mask in wanted.values())
-    jobs: list[tuple[str, Tensor]] = []
-    for component, mask in wanted.items():
-        cells = mask.flatten().nonzero().flatten()
-        parts = max(1, round(shards * len(cells) / total))
-        for k in range(min(parts, len(cells))):
-            shard = torch.zeros(mask.numel(), dtype=torch.bool)
-            shard[cells[k::parts]] = True
-            jobs.append((component, shard.view(mask.shape)))
-    task_ref = ray.put(task.to("cpu"))
-    refs = [
-        workers[i % len(workers)].patch.remote(task_ref, component, cells, options)
-        for i, (component, cells) in enumerate(jobs)
-    ]
-    results = _gather(ray, refs, f"{method} on {len(workers)} Ray workers", progress)
-    values = {c: torch.full(m.shape, float("nan")) for c, m in wanted.items()}
-    for (component, cells), part in zip(jobs, results, strict=True):
-        values[component] = torch.where(cells, part, values[component])
+    for (component, cells), result in zip(jobs, results, strict=True):
+        values[component].view(-1)[cells] = result["values"].reshape(-1)[cells]
     device = next(model.bridge.parameters()).device
-    graph = CircuitGraph.from_model(
-        model,
-        metric=task.metric_name,
-        task=task.name,
-        meta={"direction": direction, "executor": "ray", "shards": len(jobs)},
-    )
+    graph = CircuitGraph.from_model(model, metric=task.metric_name, task=task.name, meta=meta)
     return _node_graph(model, task, graph, lambda component, **kw: values[component].to(device))

@@ -395,6 +395,7 @@ def _run_discovery(
     selection: str = "greedy-signed",
     held_out: bool = False,
     ray: str | None = None,
+    checkpoint: Path | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Check everything, then discover, select the circuit, and measure its faithfulness: on
     the same prompts, or with ``held_out`` on the other IOI half (the task is then found on the
@@ -415,7 +416,7 @@ def _run_discovery(
         err=True,
     )
     executor = None if ray is None else RayExecutor(address=ray)
-    graph = discover(model, task, method, level, executor=executor)
+    graph = discover(model, task, method, level, executor=executor, checkpoint=checkpoint)
     k = min(top, graph.n_ranked(level))
     if level == "edge":
         circuit = select_circuit(graph, k, selection)
@@ -502,6 +503,11 @@ def discover(
         help="Shard the work over Ray workers (pip install 'interp-toolkit[ray]'): 'auto' joins "
         "the cluster RAY_ADDRESS names or starts a local one; or a cluster's address.",
     ),
+    checkpoint: Path = typer.Option(
+        None,
+        help="Keep every finished shard of the sweep in this folder: the same command after an "
+        "interruption (Ctrl-C, kill -9) runs only what is missing, with the identical result.",
+    ),
 ) -> None:
     """Discover a circuit, measure its faithfulness and write it out."""
     start = time.perf_counter()
@@ -519,6 +525,7 @@ def discover(
         metric,
         selection.value,
         ray=ray,
+        checkpoint=checkpoint,
     )
     seconds = time.perf_counter() - start
     _write(out, circuit.to_json)

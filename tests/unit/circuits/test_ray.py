@@ -6,7 +6,10 @@ shut down at the end, leaving no Ray process behind. Workers hold tiny-gpt2.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -105,3 +108,115 @@ def test_unshardable_method_and_unknown_executor(tiny_gpt2) -> None:
         discover(tiny_gpt2, task, "eap", "edge", executor="dask")
     with pytest.raises(interp.InterpError, match="workers must be an int"):
         RayExecutor(workers=0)
+
+
+# -- checkpoints: resume after Ctrl-C or kill -9 ---------------------------------------------------
+
+
+def _counting(calls: list[int], stop_at: int | None = None):
+    """Logit difference, counting its calls; a Ctrl-C at call ``stop_at``."""
+
+    def logit_diff(logits, answer, wrong):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        rows = torch.arange(len(logits))
+        return logits[rows, answer] - logits[rows, wrong]
+
+    return logit_diff
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_resume_after_ctrl_c_runs_only_missing_shards(tiny_gpt2, tmp_path: Path) -> None:
+    base = ioi_task(tiny_gpt2, 8)
+    calls: list[int] = []
+    task = base.with_metric(_counting(calls))
+    full = discover(tiny_gpt2, task, "eap-ig", "edge", checkpoint=tmp_path / "full")
+    per_shard, shards = len(calls) // 8, full.meta["shards"]
+    assert shards == 8 and len(calls) == 8 * per_shard
+    assert _max_diff(full.edge_scores, discover(tiny_gpt2, task, "eap-ig").edge_scores) < 1e-6
+
+    calls.clear()
+    stopped = base.with_metric(_counting(calls, stop_at=3 * per_shard + 1))
+    with pytest.raises(KeyboardInterrupt):
+        discover(tiny_gpt2, stopped, "eap-ig", "edge", checkpoint=tmp_path / "cut")
+    assert _files(tmp_path / "cut") == ["shard-00000.pt", "shard-00001.pt", "shard-00002.pt"] + [
+        "sweep.json"
+    ]
+    calls.clear()
+    again = discover(tiny_gpt2, task, "eap-ig", "edge", checkpoint=tmp_path / "cut")
+    assert len(calls) == 5 * per_shard  # the three finished shards are not run again
+    assert _max_diff(again.edge_scores, full.edge_scores) == 0.0  # bit for bit
+    assert _max_diff(again.node_scores, full.node_scores) == 0.0
+    assert len(_files(tmp_path / "cut")) == 9  # no temporary file left behind
+
+
+def test_checkpoint_of_another_sweep_is_refused(tiny_gpt2, tmp_path: Path) -> None:
+    task = ioi_task(tiny_gpt2, 2)
+    discover(tiny_gpt2, task, "eap", "edge", checkpoint=tmp_path)
+    with pytest.raises(interp.InterpError, match="holds another sweep"):
+        discover(tiny_gpt2, task, "eap-ig", "edge", checkpoint=tmp_path)
+    with pytest.raises(interp.InterpError, match="A checkpoint shards"):
+        discover(tiny_gpt2, task, "activation-patching", "edge", checkpoint=tmp_path / "x")
+
+
+def test_resume_on_ray_from_a_checkpoint_made_here(local_ray, tiny_gpt2, tmp_path: Path) -> None:
+    """The plan is read back, so Ray's workers finish what this process began."""
+    base = ioi_task(tiny_gpt2, 4)
+    calls: list[int] = []
+    task = base.with_metric(_counting(calls))
+    full = discover(tiny_gpt2, task, "activation-patching", "node", checkpoint=tmp_path / "a")
+    n_shards = full.meta["shards"]
+    stopped = base.with_metric(_counting([], stop_at=len(calls) // 2))
+    with pytest.raises(KeyboardInterrupt):
+        discover(tiny_gpt2, stopped, "activation-patching", "node", checkpoint=tmp_path / "b")
+    assert 1 < len(_files(tmp_path / "b")) < n_shards + 1
+    resumed = discover(
+        tiny_gpt2, task, "activation-patching", "node", executor="ray", checkpoint=tmp_path / "b"
+    )
+    assert resumed.meta["shards"] == n_shards and resumed.meta["executor"] == "ray"
+    assert _max_diff(resumed.node_scores, full.node_scores) < 1e-6
+
+
+KILLED_RUN = """
+import os, signal, sys, json
+import torch, interp
+from circuits import discover, ioi_task
+calls = []
+def logit_diff(logits, answer, wrong):
+    calls.append(1)
+    if len(calls) == int(os.environ.get("KILL_AT", "0")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    rows = torch.arange(len(logits))
+    return logits[rows, answer] - logits[rows, wrong]
+model = interp.load_model("tiny-gpt2")
+task = ioi_task(model, 8).with_metric(logit_diff)
+graph = discover(model, task, "eap", "edge", checkpoint=sys.argv[1])
+print(json.dumps({"calls": len(calls), "edges": graph.edge_scores.tolist()}))
+"""
+
+
+def test_resume_after_kill_9_gives_the_identical_result(tiny_gpt2, tmp_path: Path) -> None:
+    def run(kill_at: int) -> subprocess.CompletedProcess:
+        env = {**os.environ, "KILL_AT": str(kill_at)}
+        return subprocess.run(
+            [sys.executable, "-c", KILLED_RUN, str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    killed = run(kill_at=4)  # in the fourth shard or earlier: eap measures once or more a shard
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    kept = [p for p in _files(tmp_path) if p.startswith("shard-")]
+    assert 0 < len(kept) < 8 and not [p for p in _files(tmp_path) if p.startswith(".tmp")]
+    done = run(kill_at=0)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    task = ioi_task(tiny_gpt2, 8)
+    alone = discover(tiny_gpt2, task, "eap", "edge")
+    assert _max_diff(torch.tensor(out["edges"]), alone.edge_scores) < 1e-6
