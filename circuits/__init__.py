@@ -32,6 +32,7 @@ from ._evaluate import (
     select_circuit,
 )
 from ._masks import edge_pruning, masked_metric
+from ._memory import DEFAULT_MAX_MEMORY, MemoryBudget, parse_memory
 from ._metrics import METRICS, AnswerProb, KLToClean, LogitDiff, Metric, UserMetric
 from ._patching import activation_patching, lookahead_patching, patching_costs
 from ._ray import RayExecutor
@@ -39,6 +40,9 @@ from ._refined import Refined, refined_patching
 from ._tasks import Task, TaskError, ioi_split, ioi_task, task_from_jsonl, task_from_pairs
 
 __all__ = [
+    "DEFAULT_MAX_MEMORY",
+    "MemoryBudget",
+    "parse_memory",
     "METRICS",
     "AnswerProb",
     "KLToClean",

@@ -32,7 +32,8 @@ from torch import Tensor
 
 from interp import CircuitGraph, GraphLayout, InterpError, Site, TransformerModel, progress_bar
 
-from ._edges import check_layout, prepare_edge_model
+from ._edges import check_layout, chunked_metric, prepare_edge_model
+from ._memory import MemoryBudget, check_count
 from ._options import Component, Direction, IgOver, check_option
 from ._patching import COMPONENTS, base_and_source, check_component
 from ._tasks import Task
@@ -40,7 +41,6 @@ from ._tasks import Task
 __all__ = ["attribution_patching", "edge_attribution", "node_attribution"]
 
 GradientRules = Callable[[TransformerModel], AbstractContextManager[Any]] | None
-DEFAULT_ROWS_PER_PASS = 32
 
 
 def _path(ig_steps: int, ig_alphas: Sequence[float] | None) -> tuple[float, ...]:
@@ -92,20 +92,26 @@ def _attribution_pass(
     direction: Direction,
     alphas: tuple[float, ...],
     gradient_rules: GradientRules,
+    source_sites: list[str] | None = None,
+    src: dict[str, Tensor] | None = None,
 ) -> _Pass:
-    """Two passes: the source run without gradients, then one forward/backward over the base
-    prompts stacked once per point of the path.
+    """Two passes: the source run without gradients (at ``source_sites``, by default
+    ``sites``; skipped when ``src`` holds it already), then one forward/backward over the
+    base prompts stacked once per point of the path.
 
     Copy k of the base prompts runs with input embeddings ``e_base + alphas[k] (e_source -
-    e_base)``. Since ``alphas[0] = 0``, copy 0 *is* the base run: its activations at ``sites``
-    are the base activations, and no separate base run is needed."""
+    e_base)``. Where ``alphas[0] = 0``, copy 0 *is* the base run: its activations at ``sites``
+    are the base activations, and no separate base run is needed. The gradients are those of
+    the mean over the copies, summed over them."""
     base, source = base_and_source(task, direction)
     n = base.shape[0]
-    with torch.no_grad():
-        _, src = model.run_with_cache(source, list(dict.fromkeys(["input", *sites])))
+    if src is None:
+        wanted = sites if source_sites is None else source_sites
+        with torch.no_grad():
+            _, src = model.run_with_cache(source, list(dict.fromkeys(["input", *wanted])))
     hooks: dict[str, Callable] = {}
     steps = len(alphas)
-    if steps > 1:
+    if any(alpha != 0 for alpha in alphas):
         e_source = src["input"]
 
         def path(x: Tensor, site: Site) -> Tensor:
@@ -120,8 +126,16 @@ def _attribution_pass(
     grads = {str(Site.parse(s)): run.gradients[s].unflatten(0, (steps, n)).sum(0) for s in sites}
     acts = {str(Site.parse(s)): run.activations[s][:n] for s in sites}
     # with one step the run is the base run; with more, its mean mixes the path's copies
-    value = float(run.value) if steps == 1 else float("nan")
+    value = float(run.value) if alphas == (0.0,) else float("nan")
     return _Pass(acts, src, grads, value)
+
+
+def _alpha_groups(alphas: tuple[float, ...], rows_per_pass: int) -> list[tuple[float, ...]]:
+    """The path's points in consecutive groups of at most ``rows_per_pass`` (all of them in
+    one group when they fit), so that a pass never holds more rows than that; the first
+    group starts with the base point 0."""
+    size = max(1, min(len(alphas), rows_per_pass))
+    return [alphas[i : i + size] for i in range(0, len(alphas), size)]
 
 
 def _site_scores(
@@ -134,8 +148,8 @@ def _site_scores(
     rows_per_pass: int,
 ) -> tuple[dict[str, Tensor], float | None]:
     """Per site, ``(a_source - a_base) * gradient`` summed over prompts and d_model: shape
-    (pos, [head]); and, with one step, the base metric. Prompts go in chunks; each chunk is
-    weighted by its share of the mean."""
+    (pos, [head]), in float32 or wider; and, with one step, the base metric. Prompts go in
+    chunks; each chunk is weighted by its share of the mean."""
     n = len(task)
     total: dict[str, Tensor] = {}
     m_base = 0.0
@@ -144,9 +158,30 @@ def _site_scores(
         weight = (chunk.stop - chunk.start) / n  # the metric is a mean over prompts
         m_base += run.value * weight
         for site in sites:
-            value = ((run.source[site] - run.base[site]) * run.grads[site]).sum(-1).sum(0)
-            total[site] = value * weight if site not in total else total[site] + value * weight
+            delta = run.source[site].to(_accumulator_dtype(model)) - run.base[site]
+            value = (delta * run.grads[site]).sum(-1).sum(0) * weight
+            total[site] = value if site not in total else total[site] + value
+        del run  # free this chunk's activations before the next one is computed
     return total, (m_base if len(alphas) == 1 else None)
+
+
+def _accumulator_dtype(model: TransformerModel) -> torch.dtype:
+    """Scores add up in float64 where the device has it, else float32 (never in the model's
+    half precision)."""
+    return torch.float32 if model.device.type == "mps" else torch.float64
+
+
+def _rows_per_pass(
+    model: TransformerModel,
+    task: Task,
+    rows_per_pass: int | None,
+    max_memory: int | str | None,
+    vectors: int | None = None,
+) -> int:
+    """Rows (prompt copies) per gradient pass: as given, or as many as ``max_memory`` holds."""
+    if check_count("rows_per_pass", rows_per_pass) is not None:
+        return rows_per_pass
+    return MemoryBudget(model, max_memory).gradient_rows(task.clean.shape[1], vectors)
 
 
 def attribution_patching(
@@ -159,27 +194,32 @@ def attribution_patching(
     ig_steps: int = 1,
     ig_alphas: Sequence[float] | None = None,
     gradient_rules: GradientRules = None,
-    rows_per_pass: int = DEFAULT_ROWS_PER_PASS,
+    rows_per_pass: int | None = None,
+    max_memory: int | str | None = None,
 ) -> Tensor:
     """AtP estimates of :func:`activation_patching`'s cells, in the same shapes.
 
     Returns ``m(base) + score`` per cell, i.e. the estimated metric of the patched run, so the
     result compares directly with activation patching (subtract the base metric for effects).
+    Prompts (times IG points) go through in passes of ``rows_per_pass`` rows, by default as
+    many as ``max_memory`` holds (:class:`~circuits.MemoryBudget`); the result does not
+    depend on them.
     """
     check_component(component)
     alphas = _path(ig_steps, ig_alphas)
-    base, _ = base_and_source(task, check_option("direction", direction, Direction))
+    check_option("direction", direction, Direction)
     sites = [COMPONENTS[component].format(layer=layer) for layer in range(model.spec.n_layers)]
-    per_site, m_base = _site_scores(
-        model, task, sites, direction, alphas, gradient_rules, rows_per_pass
-    )
+    rows = _rows_per_pass(model, task, rows_per_pass, max_memory, 2 * len(sites))
+    per_site, m_base = _site_scores(model, task, sites, direction, alphas, gradient_rules, rows)
     total = torch.stack(
         [per_site[site] if per_position else per_site[site].sum(0) for site in sites]
     )
     if m_base is None:
-        with torch.no_grad():
-            m_base = float(task.measure(model(base)))
-    return m_base + total
+        run = "corrupt" if direction == "denoising" else "clean"
+        m_base = chunked_metric(model, task, run, max_memory)
+    # the model's dtype, or float32 for a half-precision model
+    dtype = torch.promote_types(next(model.bridge.parameters()).dtype, torch.float32)
+    return (m_base + total).to(dtype)
 
 
 def _stack_writers(layout: GraphLayout, acts: dict[str, Tensor]) -> Tensor:
@@ -200,14 +240,18 @@ def _accumulate(
 ) -> None:
     """Add ``weight`` x (source - base) . gradient to every edge and node score."""
     # one matmul per reader group: (h, n*pos*d) @ (n*pos*d, writers so far)
-    flat = deltas.permute(0, 1, 3, 2).reshape(-1, layout.n_writers)
+    # products in float32 at least (a half-precision model's activations), sums in the
+    # accumulators' dtype, on the model's device
+    wide = torch.promote_types(deltas.dtype, torch.float32)
+    flat = deltas.permute(0, 1, 3, 2).reshape(-1, layout.n_writers).to(wide)
     for g in layout.reader_groups:
         grad = grads[g.site] if g.per_head else grads[g.site][:, :, None]
-        grad = grad.permute(2, 0, 1, 3).reshape(len(g.index), -1)
+        grad = grad.permute(2, 0, 1, 3).reshape(len(g.index), -1).to(wide)
         block = grad @ flat[:, : g.n_prior]
-        edges[list(g.index), : g.n_prior] += weight * block.double().cpu()
+        edges[list(g.index), : g.n_prior] += weight * block.to(edges.dtype)
+    del flat
     writer_grads = _stack_writers(layout, grads)
-    nodes += weight * (deltas.double() * writer_grads.double()).sum((0, 1, 3)).cpu()
+    nodes += weight * (deltas.to(nodes.dtype) * writer_grads.to(nodes.dtype)).sum((0, 1, 3))
 
 
 def _edge_matrix(
@@ -222,16 +266,37 @@ def _edge_matrix(
 ) -> tuple[Tensor, Tensor]:
     """(readers, writers) edge scores and (writers,) node scores, IG over the inputs."""
     n = len(task)
-    edges = torch.zeros(layout.n_readers, layout.n_writers, dtype=torch.float64)
-    nodes = torch.zeros(layout.n_writers, dtype=torch.float64)
+    edges, nodes = _accumulators(model, layout)
     writer_sites = [g.site for g in layout.writer_groups]
     sites = [g.site for g in layout.reader_groups] + writer_sites
-    chunks = list(_prompt_chunks(n, len(alphas), rows_per_pass))
-    for chunk in progress_bar(chunks, desc="attribution", progress=progress):
-        run = _attribution_pass(model, task.subset(chunk), sites, direction, alphas, gradient_rules)
-        deltas = _stack_writers(layout, run.source) - _stack_writers(layout, run.base)
-        _accumulate(edges, nodes, layout, deltas, run.grads, (chunk.stop - chunk.start) / n)
+    # a pass holds (prompts x points) rows: when one prompt's points do not fit, the points
+    # go in groups, each group's gradients weighted by its share of the path
+    groups = _alpha_groups(alphas, rows_per_pass)
+    chunks = list(_prompt_chunks(n, len(groups[0]), rows_per_pass))
+    work = [(chunk, group) for chunk in chunks for group in groups]
+    src: dict[str, Tensor] | None = None
+    deltas: Tensor | None = None
+    for chunk, group in progress_bar(work, desc="attribution", progress=progress):
+        if group is groups[0]:  # a new chunk of prompts: its source and base runs
+            src = deltas = None
+        part = task.subset(chunk)
+        run = _attribution_pass(
+            model, part, sites, direction, group, gradient_rules, writer_sites, src
+        )
+        if deltas is None:  # the first group's first copy is the base run
+            src = run.source
+            deltas = _stack_writers(layout, run.source) - _stack_writers(layout, run.base)
+        weight = (chunk.stop - chunk.start) / n * len(group) / len(alphas)
+        _accumulate(edges, nodes, layout, deltas, run.grads, weight)
+        del run  # free this pass's activations before the next one is computed
     return edges, nodes
+
+
+def _accumulators(model: TransformerModel, layout: GraphLayout) -> tuple[Tensor, Tensor]:
+    """Dense (readers, writers) edge and (writers,) node sums on the model's device."""
+    dtype, device = _accumulator_dtype(model), model.device
+    edges = torch.zeros(layout.n_readers, layout.n_writers, dtype=dtype, device=device)
+    return edges, torch.zeros(layout.n_writers, dtype=dtype, device=device)
 
 
 def _activation_path_matrix(
@@ -254,8 +319,7 @@ def _activation_path_matrix(
     over all ``groups x points`` copies, multiply the plain runs' activation differences. The
     copies ride in passes of ``rows_per_pass`` rows."""
     n = len(task)
-    edges = torch.zeros(layout.n_readers, layout.n_writers, dtype=torch.float64)
-    nodes = torch.zeros(layout.n_writers, dtype=torch.float64)
+    edges, nodes = _accumulators(model, layout)
     writer_sites = [g.site for g in layout.writer_groups]
     sites = [g.site for g in layout.reader_groups] + writer_sites
     copies = [(g.site, alpha) for g in layout.writer_groups for alpha in alphas]
@@ -270,6 +334,7 @@ def _activation_path_matrix(
     for chunk, first in progress_bar(work, desc="attribution", progress=progress):
         part = task.subset(chunk)
         if cached is None or cached[0] != chunk:
+            cached = None  # the previous chunk's runs go before this one's are made
             base, source = base_and_source(part, direction)
             with torch.no_grad():
                 _, src = model.run_with_cache(source, writer_sites)
@@ -288,6 +353,7 @@ def _activation_path_matrix(
         # the metric is a mean over the pass's copies: scale its sum to the mean over all
         weight = (chunk.stop - chunk.start) / n * len(batch) / len(copies)
         _accumulate(edges, nodes, layout, deltas, grads, weight)
+        del run, grads, deltas
     return edges, nodes
 
 
@@ -328,7 +394,8 @@ def edge_attribution(
     ig_over: IgOver = "inputs",
     direction: Direction = "denoising",
     gradient_rules: GradientRules = None,
-    rows_per_pass: int = DEFAULT_ROWS_PER_PASS,
+    rows_per_pass: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool | None = None,
 ) -> CircuitGraph:
     """EAP (``ig_steps=1``) or EAP-IG edge scores over the model's full graph.
@@ -343,6 +410,11 @@ def edge_attribution(
     model computed as usual: ``2 n_layers + 1`` times the gradient passes, and the gradients of
     a group's own readers come only from the copies that leave that group alone.
 
+    Prompts (times IG points) go through in passes of ``rows_per_pass`` rows, by default as
+    many as ``max_memory`` bytes of working memory hold (``"2GB"`` works too; see
+    :class:`~circuits.MemoryBudget`). Scores add up exactly over passes, in float64 (float32
+    where the device has no float64) on the model's device, whatever the model's dtype.
+
     Returns
     -------
     CircuitGraph
@@ -355,12 +427,13 @@ def edge_attribution(
     graph = CircuitGraph.from_model(model) if graph is None else graph
     check_layout(graph, layout)
     matrix = _edge_matrix if ig_over == "inputs" else _activation_path_matrix
+    rows = _rows_per_pass(edge_model, task, rows_per_pass, max_memory)
     edges, nodes = matrix(
-        edge_model, layout, task, direction, alphas, gradient_rules, rows_per_pass, progress
+        edge_model, layout, task, direction, alphas, gradient_rules, rows, progress
     )
     return graph.with_scores(
-        edge_scores=layout.from_matrix(edges).float(),
-        node_scores=layout.node_values(nodes).float(),
+        edge_scores=layout.from_matrix(edges.cpu()).float(),
+        node_scores=layout.node_values(nodes.cpu()).float(),
         method="eap" if len(alphas) == 1 else "eap-ig",
         metric=task.metric_name,
         task=task.name,
@@ -383,18 +456,22 @@ def node_attribution(
     ig_alphas: Sequence[float] | None = None,
     direction: Direction = "denoising",
     gradient_rules: GradientRules = None,
-    rows_per_pass: int = DEFAULT_ROWS_PER_PASS,
+    rows_per_pass: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool | None = None,
 ) -> CircuitGraph:
-    """AtP (or, with ``ig_steps > 1``, integrated-gradient) scores of the graph's nodes."""
+    """AtP (or, with ``ig_steps > 1``, integrated-gradient) scores of the graph's nodes.
+
+    Chunked like :func:`edge_attribution` (``rows_per_pass``, ``max_memory``)."""
     alphas = _path(ig_steps, ig_alphas)
     check_option("direction", direction, Direction)
     graph = CircuitGraph.from_model(model) if graph is None else graph
     layout = check_layout(graph, GraphLayout.of(model.spec))
     sites = [g.site for g in layout.writer_groups]
     n = len(task)
-    per_site, _ = _site_scores(model, task, sites, direction, alphas, gradient_rules, rows_per_pass)
-    per_writer = torch.cat([per_site[site].double().sum(0).reshape(-1) for site in sites])
+    rows = _rows_per_pass(model, task, rows_per_pass, max_memory, 2 * len(sites))
+    per_site, _ = _site_scores(model, task, sites, direction, alphas, gradient_rules, rows)
+    per_writer = torch.cat([per_site[site].sum(0).reshape(-1).cpu() for site in sites])
     return graph.with_scores(
         node_scores=layout.node_values(per_writer).float(),
         method="atp" if len(alphas) == 1 else "ig-nodes",

@@ -46,11 +46,12 @@ def _metrics(
     keeps: list[Tensor],
     ablation: Ablation,
     masks_per_pass: int | None,
+    max_memory: int | str | None = None,
 ) -> Tensor:
     """The metric with every edge outside each kept set ablated (one value per set)."""
     patched = torch.stack([layout.to_matrix(~keep) for keep in keeps])
     return edge_patching(
-        model, task, patched, source=ablation, masks_per_pass=masks_per_pass
+        model, task, patched, source=ablation, masks_per_pass=masks_per_pass, max_memory=max_memory
     ).double()
 
 
@@ -72,6 +73,7 @@ def refine_circuit(
     rounds: int = 4,
     ablation: Ablation = "corrupt",
     masks_per_pass: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool | None = None,
 ) -> CircuitGraph:
     """Cut a scored graph to ``k`` edges, then swap edges across the circuit's boundary while
@@ -95,6 +97,9 @@ def refine_circuit(
         At most this many rounds of swaps.
     ablation : {"corrupt", "mean", "zero"}
         What an edge outside the circuit carries, as in :func:`evaluate`.
+    masks_per_pass, max_memory
+        Chunking of the edge-patching passes (:func:`edge_patching`); the result does not
+        depend on it.
 
     Returns
     -------
@@ -125,11 +130,15 @@ def refine_circuit(
     rank = torch.where(rank.isnan(), torch.full_like(rank, -math.inf), rank)
     start = select_circuit(graph, k, selection)
     keep = start.edge_in_graph & start.node_in_graph[graph.edge_src]
-    full, empty = baselines(edge_model, task)
+    full, empty = baselines(edge_model, task, max_memory)
     if ablation != "corrupt":
         every = torch.zeros_like(keep)
-        empty = float(_metrics(edge_model, layout, task, [every], ablation, masks_per_pass)[0])
-    current = float(_metrics(edge_model, layout, task, [keep], ablation, masks_per_pass)[0])
+        empty = float(
+            _metrics(edge_model, layout, task, [every], ablation, masks_per_pass, max_memory)[0]
+        )
+    current = float(
+        _metrics(edge_model, layout, task, [keep], ablation, masks_per_pass, max_memory)[0]
+    )
     before, history = current, []
     src, dst = graph.edge_src, graph.edge_dst
     has_in, has_out = torch.zeros_like(graph.node_in_graph), torch.zeros_like(graph.node_in_graph)
@@ -150,7 +159,9 @@ def refine_circuit(
             trial[edge] = True
             trials.append(trial)
         gain = _gains(
-            _metrics(edge_model, layout, task, trials, ablation, masks_per_pass), current, full
+            _metrics(edge_model, layout, task, trials, ablation, masks_per_pass, max_memory),
+            current,
+            full,
         )
         helpful = adds[gain.argsort(descending=True)][: int((gain > 0).sum())]
         if len(helpful) == 0:
@@ -161,7 +172,9 @@ def refine_circuit(
         removes = _best(-rank, grown, candidates + len(helpful))
         trials = [_pruned(graph, _without(grown, edge)) for edge in removes.tolist()]
         gain = _gains(
-            _metrics(edge_model, layout, task, trials, ablation, masks_per_pass), current, full
+            _metrics(edge_model, layout, task, trials, ablation, masks_per_pass, max_memory),
+            current,
+            full,
         )
         harmless = removes[gain.argsort(descending=True)]
         # 3. back to at most k edges: the n most helpful additions and the n least harmful
@@ -175,7 +188,7 @@ def refine_circuit(
             proposals.append(_pruned(graph, trial))
             sizes.append(n)
             n //= 2
-        values = _metrics(edge_model, layout, task, proposals, ablation, masks_per_pass)
+        values = _metrics(edge_model, layout, task, proposals, ablation, masks_per_pass, max_memory)
         best = int((values - full).abs().argmin())
         if abs(float(values[best]) - full) >= abs(current - full):
             break

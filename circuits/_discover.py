@@ -94,7 +94,9 @@ def discover(
         process too), each file written atomically: the same call after an interruption
         (Ctrl-C, ``kill -9``) runs only the missing shards and gives the identical result.
     **options
-        Passed to the method (``direction``, ``ig_steps``, ...).
+        Passed to the method (``direction``, ``ig_steps``, ...). Every method takes
+        ``max_memory`` (bytes, or ``"2GB"``), the working memory its chunks may hold
+        (:class:`~circuits.MemoryBudget`); the scores do not depend on it.
 
     Returns
     -------
@@ -338,12 +340,22 @@ def _edge_pruning(
     target: float = 0.01,
     steps: int = 100,
     ig_steps: int = 5,
+    max_memory: int | str | None = None,
     progress: bool | None = None,
     **options: Any,
 ) -> CircuitGraph:
-    init = edge_attribution(model, None, task, ig_steps=ig_steps, progress=progress)
+    init = edge_attribution(
+        model, None, task, ig_steps=ig_steps, max_memory=max_memory, progress=progress
+    )
     return edge_pruning(
-        model, task, target=target, steps=steps, init=init, progress=progress, **options
+        model,
+        task,
+        target=target,
+        steps=steps,
+        init=init,
+        max_memory=max_memory,
+        progress=progress,
+        **options,
     )
 
 
@@ -361,13 +373,23 @@ def _eap_ig_refined(
     k: int | None = None,
     ig_steps: int = 5,
     rows_per_pass: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool | None = None,
     **options: Any,
 ) -> CircuitGraph:
-    rows = {} if rows_per_pass is None else {"rows_per_pass": rows_per_pass}
-    first = edge_attribution(model, None, task, ig_steps=ig_steps, progress=progress, **rows)
+    first = edge_attribution(
+        model,
+        None,
+        task,
+        ig_steps=ig_steps,
+        rows_per_pass=rows_per_pass,
+        max_memory=max_memory,
+        progress=progress,
+    )
     k = int(0.01 * len(first.edge_scores)) if k is None else k
-    return refine_circuit(model, first, task, k, progress=progress, **options)
+    return refine_circuit(
+        model, first, task, k, max_memory=max_memory, progress=progress, **options
+    )
 
 
 def _relp(rule_set: str) -> Method:

@@ -31,6 +31,7 @@ from interp import (
     ungrouped,
 )
 
+from ._memory import MemoryBudget, check_count, prompt_chunks
 from ._options import Ablation, Direction, Level, Run, Source, check_option
 from ._tasks import Task
 
@@ -38,6 +39,7 @@ __all__ = [
     "PASS_BYTES",
     "baselines",
     "check_layout",
+    "chunked_metric",
     "circuit_metrics",
     "default_masks_per_pass",
     "edge_patching",
@@ -76,23 +78,34 @@ def _source_writers(
     model: TransformerModel, layout: GraphLayout, task: Task, source: str
 ) -> dict[str, Tensor]:
     """Writer activations of the source run, one row per prompt; empty for ``zero`` (a writer
-    without a source activation is patched to zero)."""
+    without a source activation is patched to zero). For ``mean``, the per-position means
+    (one row, to be expanded) of :func:`_mean_writers`."""
     if source == "zero":
         return {}
-    tokens = {"clean": task.clean, "corrupt": task.corrupt, "mean": task.corrupt}[source]
+    tokens = task.clean if source == "clean" else task.corrupt
     _, cache = model.run_with_cache(tokens, _writer_sites(layout))
-    out = {}
-    for site in _writer_sites(layout):
-        acts = cache[site]
-        if source == "mean":
-            if not task.equal_lengths:
-                raise InterpError(
-                    "Mean ablation averages each position over prompts, so all prompts must "
-                    "have the same length; use one template (template_ids=[...])."
-                )
-            acts = acts.mean(0, keepdim=True).expand_as(acts)
-        out[site] = acts
-    return out
+    return {site: cache[site] for site in _writer_sites(layout)}
+
+
+def _mean_writers(
+    model: TransformerModel, layout: GraphLayout, task: Task, prompts: int
+) -> dict[str, Tensor]:
+    """Each writer's corrupted activation averaged over prompts per position, (1, pos, ...),
+    summed over chunks of ``prompts`` prompts."""
+    if not task.equal_lengths:
+        raise InterpError(
+            "Mean ablation averages each position over prompts, so all prompts must "
+            "have the same length; use one template (template_ids=[...])."
+        )
+    n, sums = len(task), {}
+    for chunk in prompt_chunks(n, prompts):
+        _, cache = model.run_with_cache(task.corrupt[chunk], _writer_sites(layout))
+        for site in _writer_sites(layout):
+            part = cache[site].sum(0, keepdim=True, dtype=torch.float64)
+            sums[site] = part if site not in sums else sums[site] + part
+        del cache
+    dtype = next(model.bridge.parameters()).dtype
+    return {site: (total / n).to(dtype) for site, total in sums.items()}
 
 
 class _EdgePatcher:
@@ -102,8 +115,8 @@ class _EdgePatcher:
     def __init__(
         self, layout: GraphLayout, patched: Tensor, source: dict[str, Tensor], n: int
     ) -> None:
-        # source: each writer site's activations for the n prompts (shared by every copy);
-        # a site missing from it is patched to zero
+        # source: each writer site's activations for the n prompts, or one row for all of them
+        # (shared by every copy); a site missing from it is patched to zero
         self.layout, self.patched, self.source, self.n = layout, patched, source, n
         self.copies = patched.shape[0]
         self.deltas: Tensor | None = None  # (copies * n, pos, writers, d_model)
@@ -162,17 +175,36 @@ class _EdgePatcher:
         return correct
 
 
-PASS_BYTES = 512 * 2**20  # writer deltas one edge-patching pass may hold (about as much again
-# is copied transiently when readers gather them)
+PASS_BYTES = 512 * 2**20  # the working memory of edge_patching's passes by default
+# (max_memory=None); every other method defaults to circuits.DEFAULT_MAX_MEMORY
 
 
-def default_masks_per_pass(model: TransformerModel, task: Task, layout: GraphLayout) -> int:
-    """How many patch masks one forward pass carries by default: as many as keep the recorded
-    writer deltas (copies x prompts x positions x writers x d_model floats) under
-    :data:`PASS_BYTES` (two for SmolLM2-135M with 16 IOI prompts, in float32)."""
-    itemsize = next(model.bridge.parameters()).element_size()
-    per_copy = task.clean.numel() * layout.n_writers * model.spec.d_model * itemsize
-    return max(1, PASS_BYTES // per_copy)
+def default_masks_per_pass(
+    model: TransformerModel, task: Task, layout: GraphLayout, max_memory: int | str | None = None
+) -> int:
+    """How many patch masks one forward pass carries by default: as many copies of the task's
+    prompts as ``max_memory`` bytes hold (writer deltas and the pass's own activations:
+    :meth:`MemoryBudget.patch_rows`), at least one. ``max_memory=None``: :data:`PASS_BYTES`."""
+    budget = MemoryBudget(model, PASS_BYTES if max_memory is None else max_memory)
+    return max(1, budget.patch_rows(task.clean.shape[1]) // len(task))
+
+
+def _patch_plan(
+    model: TransformerModel,
+    task: Task,
+    copies: int,
+    masks_per_pass: int | None,
+    max_memory: int | str | None,
+) -> tuple[int, int]:
+    """(masks per pass, prompts per pass): ``masks_per_pass`` as given, else as many as
+    fit; prompts then as many as fit beside them (all of them when everything fits)."""
+    n = len(task)
+    rows = MemoryBudget(model, PASS_BYTES if max_memory is None else max_memory).patch_rows(
+        task.clean.shape[1]
+    )
+    if check_count("masks_per_pass", masks_per_pass) is None:
+        masks_per_pass = max(1, min(copies, rows // n))
+    return masks_per_pass, max(1, min(n, rows // masks_per_pass))
 
 
 def edge_patching(
@@ -183,6 +215,7 @@ def edge_patching(
     run: Run = "clean",
     source: Source = "corrupt",
     masks_per_pass: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool | None = False,
 ) -> Tensor:
     """The metric with chosen edges patched, for one or many masks at once.
@@ -201,7 +234,11 @@ def edge_patching(
         over prompts, per position; ``zero``: zeros).
     masks_per_pass : int, optional
         Masks stacked into one forward pass (the source run is shared by all passes); by
-        default as many as fit in :data:`PASS_BYTES` of writer deltas.
+        default as many as fit in ``max_memory``.
+    max_memory : int or str, optional
+        Working memory the passes may hold (bytes, or ``"2GB"``; :data:`PASS_BYTES` when not
+        given). Prompts go through in chunks when all of them do not fit beside the masks; the
+        metric, a mean over prompts, adds up exactly over chunks.
     progress : bool, optional
         A bar over the passes (``None``: on a terminal).
 
@@ -233,27 +270,29 @@ def edge_patching(
             f"patched must have shape (readers={layout.n_readers}, writers={layout.n_writers}) "
             f"or (copies, readers, writers); got {tuple(patched.shape)}."
         )
-    if masks_per_pass is None:
-        masks_per_pass = default_masks_per_pass(model, task, layout)
-    if (
-        isinstance(masks_per_pass, bool)
-        or not isinstance(masks_per_pass, int)
-        or masks_per_pass < 1
-    ):
-        raise InterpError(f"masks_per_pass must be an int >= 1; got {masks_per_pass!r}.")
-    tokens = task.clean if run == "clean" else task.corrupt
-    values = []
+    masks_per_pass, prompts = _patch_plan(model, task, len(patched), masks_per_pass, max_memory)
+    n, dtype = len(task), next(model.bridge.parameters()).dtype
+    values = torch.zeros(len(patched), dtype=torch.float64)
+    chunks = list(prompt_chunks(n, prompts))
+    work = [(c, s) for c in chunks for s in range(0, patched.shape[0], masks_per_pass)]
     with torch.no_grad():
-        src = _source_writers(model, layout, task, source)
-        for start in progress_bar(
-            range(0, patched.shape[0], masks_per_pass), desc="edge patching", progress=progress
-        ):
-            chunk = patched[start : start + masks_per_pass].to(model.device, torch.bool)
-            patcher = _EdgePatcher(layout, chunk, src, len(task))
+        mean = _mean_writers(model, layout, task, prompts) if source == "mean" else None
+        src: dict[str, Tensor] = {}
+        for chunk, start in progress_bar(work, desc="edge patching", progress=progress):
+            part = task.subset(chunk)
+            if start == 0:  # a new prompt chunk: its source run (the last one's goes first)
+                src = {}
+                src = mean if mean is not None else _source_writers(model, layout, part, source)
+            masks = patched[start : start + masks_per_pass].to(model.device, torch.bool)
+            patcher = _EdgePatcher(layout, masks, src, len(part))
+            tokens = part.clean if run == "clean" else part.corrupt
             with model.hooks(patcher.hooks()):
-                logits = model(tokens.repeat(len(chunk), 1))
-            values.append(task.measure(logits, per_copy=True).cpu())
-    values = torch.cat(values)
+                logits = model(tokens.repeat(len(masks), 1))
+            # the metric is a mean over prompts: each chunk adds its share
+            value = part.measure(logits, per_copy=True).double().cpu()
+            values[start : start + len(masks)] += value * (len(part) / n)
+            del patcher, logits
+    values = values.to(torch.promote_types(dtype, torch.float32))
     return values[0] if single else values
 
 
@@ -267,10 +306,28 @@ def _circuit_mask(layout: GraphLayout, graph: CircuitGraph) -> Tensor:
     return check_layout(graph, layout).to_matrix(~in_circuit)
 
 
-def baselines(model: TransformerModel, task: Task) -> tuple[float, float]:
-    """Metric on the clean and on the corrupted prompts."""
+def baselines(
+    model: TransformerModel, task: Task, max_memory: int | str | None = None
+) -> tuple[float, float]:
+    """Metric on the clean and on the corrupted prompts (in chunks of prompts that fit in
+    ``max_memory``; the metric is a mean over them)."""
+    return chunked_metric(model, task, "clean", max_memory), chunked_metric(
+        model, task, "corrupt", max_memory
+    )
+
+
+def chunked_metric(
+    model: TransformerModel, task: Task, run: str, max_memory: int | str | None = None
+) -> float:
+    """The metric of the clean or the corrupted run (``run``), in chunks of prompts."""
+    budget = MemoryBudget(model, PASS_BYTES if max_memory is None else max_memory)
+    n, total = len(task), 0.0
     with torch.no_grad():
-        return float(task.measure(model(task.clean))), float(task.measure(model(task.corrupt)))
+        for chunk in prompt_chunks(n, budget.patch_rows(task.clean.shape[1])):
+            part = task.subset(chunk)
+            value = part.measure(model(part.clean if run == "clean" else part.corrupt))
+            total += float(value) * len(part) / n
+    return total
 
 
 def circuit_metrics(
@@ -280,6 +337,7 @@ def circuit_metrics(
     *,
     ablation: Ablation = "corrupt",
     masks_per_pass: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool | None = None,
 ) -> tuple[Tensor, float, float]:
     """The metric of each circuit with every edge outside it ablated, of the full model and of
@@ -287,12 +345,12 @@ def circuit_metrics(
 
     All circuits (already pruned: the in-graph edges between in-graph nodes are kept) and,
     for mean and zero ablation, the empty circuit ride in as few edge-patching passes as
-    ``masks_per_pass`` allows; the baselines are computed once. Under corrupted patching the
-    empty circuit is the corrupted run.
+    ``masks_per_pass`` (or ``max_memory``) allows; the baselines are computed once. Under
+    corrupted patching the empty circuit is the corrupted run.
     """
     check_option("ablation", ablation, Ablation)
     model, layout = prepare_edge_model(model)
-    clean, corrupt = baselines(model, task)
+    clean, corrupt = baselines(model, task, max_memory)
     masks = [_circuit_mask(layout, circuit) for circuit in circuits]
     if ablation != "corrupt":  # the empty circuit: every edge ablated
         masks.append(layout.to_matrix(torch.ones(len(layout.edge_src), dtype=torch.bool)))
@@ -305,6 +363,7 @@ def circuit_metrics(
         run="clean",
         source=ablation,
         masks_per_pass=masks_per_pass,
+        max_memory=max_memory,
         progress=progress,
     )
     if ablation == "corrupt":
@@ -335,6 +394,7 @@ def faithfulness(
     task: Task,
     *,
     ablation: Ablation = "corrupt",
+    max_memory: int | str | None = None,
 ) -> dict[str, float]:
     """How much of the clean-vs-empty metric gap a circuit recovers.
 
@@ -360,7 +420,9 @@ def faithfulness(
     """
     check_option("ablation", ablation, Ablation)
     circuit = graph.prune()
-    values, clean, empty = circuit_metrics(model, task, [circuit], ablation=ablation)
+    values, clean, empty = circuit_metrics(
+        model, task, [circuit], ablation=ablation, max_memory=max_memory
+    )
     return _result(float(values[0]), clean, empty, circuit)
 
 
@@ -373,7 +435,9 @@ def faithfulness_curve(
     level: Level = "edge",
     ablation: Ablation = "corrupt",
     masks_per_pass: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool | None = None,
+    executor: object = None,
 ) -> object:
     """Faithfulness of the top-k circuits of a scored graph for each k (a pandas DataFrame).
 
@@ -398,9 +462,30 @@ def faithfulness_curve(
 
     check_option("level", level, Level)
     check_option("ablation", ablation, Ablation)
+    if executor is not None:  # "ray": the sizes shared out to Ray workers
+        from ._ray import sharded_curve
+
+        return sharded_curve(
+            executor,
+            model,
+            graph,
+            task,
+            sizes,
+            level=level,
+            ablation=ablation,
+            masks_per_pass=masks_per_pass,
+            max_memory=max_memory,
+            progress=progress,
+        )
     circuits = [graph.top(int(k), level=level) for k in sizes]
     values, clean, empty = circuit_metrics(
-        model, task, circuits, ablation=ablation, masks_per_pass=masks_per_pass, progress=progress
+        model,
+        task,
+        circuits,
+        ablation=ablation,
+        masks_per_pass=masks_per_pass,
+        max_memory=max_memory,
+        progress=progress,
     )
     rows = [
         {"k": int(k), "level": level, **_result(float(value), clean, empty, circuit)}
@@ -438,22 +523,25 @@ def exact_edge_scores(
     task: Task,
     *,
     direction: Direction = "denoising",
-    edges_per_pass: int = 32,
+    edges_per_pass: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool | None = None,
 ) -> Tensor:
     """Activation patching of every edge alone (slow, exact): m(edge patched) - m(base).
 
     Denoising runs the corrupted prompts and patches the clean activation into one edge;
     noising runs the clean prompts and patches the corrupted one. The reference that edge
-    attribution methods are tested against.
+    attribution methods are tested against. ``edges_per_pass`` edges ride in one pass (by
+    default as many as ``max_memory`` holds beside all the prompts, at most 32).
     """
     check_option("direction", direction, Direction)
     model, layout = prepare_edge_model(model)
     run, source = ("corrupt", "clean") if direction == "denoising" else ("clean", "corrupt")
     check_layout(graph, layout)
     w, r = layout.edge_writer, layout.edge_reader
-    with torch.no_grad():
-        base = float(task.measure(model(task.corrupt if run == "corrupt" else task.clean)))
+    if check_count("edges_per_pass", edges_per_pass) is None:
+        edges_per_pass = min(32, _patch_plan(model, task, len(w), None, max_memory)[0])
+    base = chunked_metric(model, task, run, max_memory)
     scores = torch.empty(len(w))
     for start in progress_bar(
         range(0, len(w), edges_per_pass), desc="exact edges", progress=progress
@@ -461,6 +549,14 @@ def exact_edge_scores(
         idx = torch.arange(start, min(start + edges_per_pass, len(w)))
         masks = torch.zeros(len(idx), layout.n_readers, layout.n_writers, dtype=torch.bool)
         masks[torch.arange(len(idx)), r[idx], w[idx]] = True
-        patched = edge_patching(model, task, masks, run=run, source=source, masks_per_pass=len(idx))
+        patched = edge_patching(
+            model,
+            task,
+            masks,
+            run=run,
+            source=source,
+            masks_per_pass=len(idx),
+            max_memory=max_memory,
+        )
         scores[idx] = patched.float() - base
     return scores

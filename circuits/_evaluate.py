@@ -229,6 +229,7 @@ def evaluate(
     selection: Selection = "top-abs",
     ablation: Ablation = "corrupt",
     masks_per_pass: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool | None = None,
 ) -> Evaluation:
     """Faithfulness of a scored graph's circuits at a sweep of sizes, with MIB's CPR and CMD.
@@ -251,8 +252,11 @@ def evaluate(
         What an edge outside the circuit carries: the corrupted activation of its writer,
         the mean corrupted one per position (equal-length prompts only), or zero.
     masks_per_pass : int, optional
-        Circuits evaluated in one forward pass (by default as many as keep the recorded writer
-        activations under 512 MiB; every pass shares the baselines and the source run).
+        Circuits evaluated in one forward pass (by default as many as ``max_memory`` holds;
+        every pass shares the baselines and the source run).
+    max_memory : int or str, optional
+        Working memory of the edge-patching passes (bytes, or ``"2GB"``; 512 MiB by default:
+        :data:`~circuits._edges.PASS_BYTES`); prompts go in chunks when they do not all fit.
     progress : bool, optional
         A bar over the forward passes (``None``: on a terminal).
 
@@ -286,7 +290,13 @@ def evaluate(
     requested = [int(p * n_edges) for p in values]
     circuits = [select_circuit(graph, k, selection) for k in requested]
     metrics, clean, empty = circuit_metrics(
-        model, task, circuits, ablation=ablation, masks_per_pass=masks_per_pass, progress=progress
+        model,
+        task,
+        circuits,
+        ablation=ablation,
+        masks_per_pass=masks_per_pass,
+        max_memory=max_memory,
+        progress=progress,
     )
     faithful = [normalised(float(m), clean, empty) for m in metrics]
     table = pd.DataFrame(

@@ -39,7 +39,8 @@ from interp import (
     progress_bar,
 )
 
-from ._edges import check_layout, prepare_edge_model
+from ._edges import check_layout, chunked_metric, prepare_edge_model
+from ._memory import MemoryBudget, check_count, prompt_chunks
 from ._tasks import Task
 
 __all__ = ["edge_pruning", "masked_metric"]
@@ -138,6 +139,35 @@ def masked_metric(
         return task.measure(model(task.clean))
 
 
+def _metric_and_gradient(
+    model: TransformerModel,
+    task: Task,
+    keep: Tensor,
+    sources: dict[int, dict[str, Tensor]],
+    prompts: int,
+) -> tuple[Tensor, Tensor]:
+    """:func:`masked_metric` and its gradient with respect to ``keep``, accumulated over
+    chunks of ``prompts`` prompts (the metric is their mean, so each chunk's value and
+    gradient count with its share). One chunk's activations are alive at a time; ``sources``
+    holds corrupted writers by chunk start where they are kept, else they are run again."""
+    layout = GraphLayout.of(model.spec)
+    n = len(task)
+    value = torch.zeros((), dtype=torch.float64, device=keep.device)
+    grad = torch.zeros_like(keep, dtype=torch.float64)
+    leaf = keep.detach().requires_grad_(True)
+    for chunk in prompt_chunks(n, prompts):
+        part = task.subset(chunk)
+        source = sources.get(chunk.start) or _corrupted_writers(model, layout, part)
+        with torch.enable_grad():
+            chunk_value = masked_metric(model, part, leaf, source)
+            (chunk_grad,) = torch.autograd.grad(chunk_value, leaf)
+        share = len(part) / n
+        value += share * chunk_value.detach().double()
+        grad += share * chunk_grad.double()
+        del source, chunk_value, chunk_grad
+    return value, grad.to(keep.dtype)
+
+
 def _corrupted_writers(
     model: TransformerModel, layout: GraphLayout, task: Task
 ) -> dict[str, Tensor]:
@@ -167,6 +197,8 @@ def edge_pruning(
     objective: str = "kl",
     mask: str = "hard-concrete",
     seed: int = 0,
+    prompts_per_pass: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool | None = None,
 ) -> CircuitGraph:
     """Edge masks learned for faithfulness at a target density; the log-alphas are the scores.
@@ -194,6 +226,12 @@ def edge_pruning(
         continuous ``sigmoid(log_alpha)`` masks (deterministic; smoother for few steps).
     seed : int
         Seed of the mask noise.
+    prompts_per_pass : int, optional
+        Prompts per forward/backward pass; each step's gradient adds up over the passes
+        exactly (by default as many prompts as ``max_memory`` holds).
+    max_memory : int or str, optional
+        Working memory (bytes, or ``"2GB"``; :class:`~circuits.MemoryBudget`). The corrupted
+        run is kept between steps when all prompts fit in one pass, else run again per pass.
 
     Returns
     -------
@@ -213,7 +251,11 @@ def edge_pruning(
         raise InterpError(f"steps must be an int >= 1; got {steps!r}.")
     check_option("objective", objective, ("kl", "metric"))
     check_option("mask", mask, ("hard-concrete", "sigmoid"))
+    check_count("prompts_per_pass", prompts_per_pass)
     edge_model, layout = prepare_edge_model(model)
+    if prompts_per_pass is None:
+        budget = MemoryBudget(edge_model, max_memory)
+        prompts_per_pass = budget.mask_rows(task.clean.shape[1])
     graph = CircuitGraph.from_model(model) if graph is None else graph
     check_layout(graph, layout)
     device = edge_model.device
@@ -225,10 +267,12 @@ def edge_pruning(
     log_alpha = log_alpha.to(device).requires_grad_(True)
     lambdas = torch.zeros(2, device=device, requires_grad=True)
     measured = task.with_metric("kl", edge_model) if objective == "kl" else task
-    source = _corrupted_writers(edge_model, layout, task)
-    with torch.no_grad():
-        full = float(measured.measure(edge_model(task.clean)))
-        empty = float(measured.measure(edge_model(task.corrupt)))
+    # one pass holds every prompt: its corrupted run is kept for all steps
+    sources = (
+        {0: _corrupted_writers(edge_model, layout, task)} if prompts_per_pass >= len(task) else {}
+    )
+    full = chunked_metric(edge_model, measured, "clean", max_memory)
+    empty = chunked_metric(edge_model, measured, "corrupt", max_memory)
     # the fit is measured in units of the empty circuit's, so that the Lagrangian meets a fit
     # of order one whatever the metric's scale
     unit = abs(empty - full) if objective == "kl" else (empty - full) ** 2
@@ -247,13 +291,17 @@ def edge_pruning(
             # start to ``target`` over the first half of the steps
             goal = target + (start - target) * max(0.0, 1 - (step + 1) / warmup)
             keep = _masks(log_alpha, sample=True, kind=mask)
-            value = masked_metric(edge_model, measured, keep, source)
+            value, d_keep = _metric_and_gradient(
+                edge_model, measured, keep, sources, prompts_per_pass
+            )
             loss_fit = (value if objective == "kl" else (value - full) ** 2) / unit
+            # d loss_fit / d value: the chain rule through the chunked metric's gradient
+            slope = 1 / unit if objective == "kl" else 2 * (float(value) - full) / unit
             gap = _density(log_alpha, mask) - goal
-            loss = loss_fit + lambdas[0] * gap + lambdas[1] * gap**2
+            penalty = lambdas[0] * gap + lambdas[1] * gap**2
             opt.zero_grad()
             ascent.zero_grad()
-            loss.backward()
+            torch.autograd.backward([keep, penalty], [slope * d_keep, torch.ones_like(penalty)])
             opt.step()
             ascent.step()
             history.append((float(loss_fit.detach()), float(gap.detach()) + goal))

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from interp import InterpError, ShapeError, Site, TransformerModel, progress_bar
 
+from ._memory import MemoryBudget, check_count, prompt_chunks
 from ._options import Component, Direction, check_option
 from ._tasks import Task
 
@@ -242,7 +243,8 @@ def activation_patching(
     per_position: bool = False,
     direction: Direction = "denoising",
     cells: Tensor | None = None,
-    tokens_per_pass: int = DEFAULT_TOKENS_PER_PASS,
+    tokens_per_pass: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool | None = None,
 ) -> Tensor:
     """Patch every layer (and head and/or position) of a component; the metric of each run.
@@ -259,8 +261,13 @@ def activation_patching(
     direction : {"denoising", "noising"}
     cells : Tensor of bool, optional
         Patch only these cells (a mask in the result's shape); the others are NaN.
-    tokens_per_pass : int
-        How many tokens (copies x prompts x positions) one forward pass may carry.
+    tokens_per_pass : int, optional
+        How many tokens (copies x prompts x positions) one forward pass may carry (by default
+        as many as half of ``max_memory`` holds, at most 4096).
+    max_memory : int or str, optional
+        Working memory (bytes, or ``"2GB"``; :class:`~circuits.MemoryBudget`). The base and
+        source runs of a chunk of prompts are kept in the other half; chunks add up exactly,
+        the metric being a mean over prompts.
     progress : bool, optional
         Show a progress bar (default: when attached to a terminal).
 
@@ -281,7 +288,15 @@ def activation_patching(
     if cells is not None and tuple(cells.shape) != shape:
         raise ShapeError(f"cells must be a mask of shape {shape}; got {tuple(cells.shape)}.")
     values = _patch_cells(
-        model, task, component, per_position, direction, tokens_per_pass, progress, only=cells
+        model,
+        task,
+        component,
+        per_position,
+        direction,
+        tokens_per_pass,
+        progress,
+        only=cells,
+        max_memory=max_memory,
     )
     return values.view(shape)
 
@@ -295,7 +310,8 @@ def lookahead_patching(
     per_position: bool = True,
     direction: Direction = "denoising",
     gradient_rules: Callable[[TransformerModel], Any] | None = None,
-    tokens_per_pass: int = DEFAULT_TOKENS_PER_PASS,
+    tokens_per_pass: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool | None = None,
 ) -> Tensor:
     """Estimates of :func:`activation_patching` that run ``blocks`` blocks exactly after each
@@ -306,7 +322,8 @@ def lookahead_patching(
     ``m(base) + grad . delta``, the gradient taken once for all cells at that residual (with
     ``gradient_rules``, e.g. RelP's, if given). ``blocks=0`` would be AtP at the residual;
     ``blocks >= n_layers`` is activation patching. The attention saturation that AtP misses
-    at the patched layer (AtP*'s QK fix) is inside the exact part.
+    at the patched layer (AtP*'s QK fix) is inside the exact part. Prompts and passes are
+    chunked as in :func:`activation_patching` (``tokens_per_pass``, ``max_memory``).
 
     Returns
     -------
@@ -334,6 +351,7 @@ def lookahead_patching(
         progress,
         blocks=blocks,
         gradient_rules=gradient_rules,
+        max_memory=max_memory,
     )
     return _shaped(values, model, component, per_position, task.clean.shape[1])
 
@@ -431,6 +449,54 @@ def _patch_cells(
     component: str,
     per_position: bool,
     direction: str,
+    tokens_per_pass: int | None,
+    progress: bool | None,
+    *,
+    blocks: int | None = None,
+    gradient_rules: Callable[[TransformerModel], Any] | None = None,
+    only: Tensor | None = None,
+    max_memory: int | str | None = None,
+) -> Tensor:
+    """The metric of every cell's patched run: exact, or with ``blocks`` exact blocks and the
+    base run's gradient after them. ``only``: a mask of the cells to compute (in the result's
+    shape); the others are NaN.
+
+    Prompts go in chunks whose runs fit in half of ``max_memory``; every value is a mean over
+    prompts, so the chunks' values, weighted by their share of the prompts, add up to it."""
+    check_component(component)
+    check_count("tokens_per_pass", tokens_per_pass)
+    budget = MemoryBudget(model, max_memory)
+    n_pos = task.clean.shape[1]
+    if tokens_per_pass is None:
+        tokens_per_pass = min(DEFAULT_TOKENS_PER_PASS, budget.forward_tokens(n_pos))
+    n, shares = len(task), []
+    for chunk in prompt_chunks(n, budget.rows(budget.cache_token(), n_pos, share=0.5)):
+        part = task.subset(chunk)
+        values = _patch_chunk(
+            model,
+            part,
+            component,
+            per_position,
+            direction,
+            tokens_per_pass,
+            progress,
+            blocks=blocks,
+            gradient_rules=gradient_rules,
+            only=only,
+        )
+        shares.append(values.detach().cpu().double() * (len(part) / n))  # (cells,): small
+        device = values.device
+        del values
+    dtype = torch.promote_types(next(model.bridge.parameters()).dtype, torch.float32)
+    return torch.stack(shares).sum(0).to(device=device, dtype=dtype)
+
+
+def _patch_chunk(
+    model: TransformerModel,
+    task: Task,
+    component: str,
+    per_position: bool,
+    direction: str,
     tokens_per_pass: int,
     progress: bool | None,
     *,
@@ -438,12 +504,7 @@ def _patch_cells(
     gradient_rules: Callable[[TransformerModel], Any] | None = None,
     only: Tensor | None = None,
 ) -> Tensor:
-    """The metric of every cell's patched run: exact, or with ``blocks`` exact blocks and the
-    base run's gradient after them. ``only``: a mask of the cells to compute (in the result's
-    shape); the others are NaN."""
-    check_component(component)
-    if tokens_per_pass < 1:
-        raise InterpError(f"tokens_per_pass must be >= 1; got {tokens_per_pass}.")
+    """:func:`_patch_cells` for one chunk of prompts, kept whole in memory."""
     base, source = base_and_source(task, direction)
     n, n_pos = base.shape
     n_layers = model.spec.n_layers

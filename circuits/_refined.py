@@ -27,14 +27,8 @@ from interp import (
 )
 
 from ._attribution import attribution_patching
-from ._patching import (
-    DEFAULT_TOKENS_PER_PASS,
-    Component,
-    Direction,
-    activation_patching,
-    base_and_source,
-    patching_costs,
-)
+from ._edges import chunked_metric
+from ._patching import Component, Direction, activation_patching, patching_costs
 from ._tasks import Task
 
 __all__ = ["Refined", "estimates", "refined_patching"]
@@ -66,7 +60,8 @@ def refined_patching(
     estimate: str | Tensor = "relp-ah",
     per_position: bool = True,
     direction: Direction = "denoising",
-    tokens_per_pass: int = DEFAULT_TOKENS_PER_PASS,
+    tokens_per_pass: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool | None = None,
 ) -> Refined:
     """Estimate every cell of :func:`activation_patching`, then patch exactly the cells with the
@@ -80,6 +75,9 @@ def refined_patching(
     estimate : {"atp", "relp", "relp-ah", "attnlrp", ...} or Tensor
         The first stage: AtP, or RelP under a rule set, or estimates already computed (same
         shape and meaning as activation patching's result: the metric of the patched run).
+    tokens_per_pass, max_memory
+        Chunking of both stages, as in :func:`activation_patching` (the result does not
+        depend on it).
 
     Returns
     -------
@@ -98,7 +96,7 @@ def refined_patching(
     if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 <= budget <= 1:
         raise InterpError(f"budget must be a share between 0 and 1; got {budget!r}.")
     costs = patching_costs(model, task, component, per_position=per_position, direction=direction)
-    first = _first_stage(model, task, component, estimate, per_position, direction)
+    first = _first_stage(model, task, component, estimate, per_position, direction, max_memory)
     if tuple(first.shape) != tuple(costs.shape):
         raise ShapeError(
             f"estimate must have activation patching's shape {tuple(costs.shape)}; "
@@ -108,8 +106,8 @@ def refined_patching(
     if isinstance(estimate, str) and free.any():  # AtP and RelP give those cells m(base) too
         m_base = float(first[free.to(first.device)][0])
     else:
-        with torch.no_grad():
-            m_base = float(task.measure(model(base_and_source(task, direction)[0])))
+        run = "corrupt" if direction == "denoising" else "clean"
+        m_base = chunked_metric(model, task, run, max_memory)
     total = float(costs.sum())
     priority = (first.detach().double().cpu() - m_base).abs() / costs.clamp(min=1e-12)
     order = priority.flatten().argsort(descending=True, stable=True)
@@ -128,6 +126,7 @@ def refined_patching(
             direction=direction,
             cells=chosen,
             tokens_per_pass=tokens_per_pass,
+            max_memory=max_memory,
             progress=progress,
         )
         values[chosen.to(values.device)] = exact[chosen.to(exact.device)].to(values.dtype)
@@ -142,11 +141,18 @@ def _first_stage(
     estimate: str | Tensor,
     per_position: bool,
     direction: Direction,
+    max_memory: int | str | None,
 ) -> Tensor:
     if isinstance(estimate, Tensor):
         return estimate
     check_option("estimate", estimate, estimates())
     rules = None if estimate == "atp" else (lambda m: gradient_rules(m, estimate))
     return attribution_patching(
-        model, task, component, per_position=per_position, direction=direction, gradient_rules=rules
+        model,
+        task,
+        component,
+        per_position=per_position,
+        direction=direction,
+        gradient_rules=rules,
+        max_memory=max_memory,
     )

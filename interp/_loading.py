@@ -234,15 +234,32 @@ def ungroup_gqa(model: TransformerModel) -> TransformerModel:
             value = heads.repeat_interleave(spec.group_size, dim=0).flatten(0, 1)
         state[key] = value
     with _quiet():
-        hf_model = AutoModelForCausalLM.from_config(config, dtype=next(iter(state.values())).dtype)
+        # no initialisation: every weight is replaced below, and untouched memory stays free
+        with _no_init():
+            hf_model = AutoModelForCausalLM.from_config(
+                config, dtype=next(iter(state.values())).dtype
+            )
         missing = sorted(set(hf_model.state_dict()) - set(state))
         if missing:
             raise ModelLoadError(f"Cannot ungroup {spec.name}: no weights for {missing[:5]}.")
-        hf_model.load_state_dict({key: state[key] for key in hf_model.state_dict()}, strict=True)
+        # every weight but the repeated key/value projections is the grouped model's own
+        # tensor, shared rather than copied (the copy would double the model's memory)
+        hf_model.load_state_dict(
+            {key: state[key] for key in hf_model.state_dict()}, strict=True, assign=True
+        )
     ungrouped = from_hf(
         hf_model, source.tokenizer, name=spec.name, architecture_name=source.architecture_name
     )
     return ungrouped
+
+
+def _no_init() -> contextlib.AbstractContextManager[Any]:
+    """transformers' context that skips weight initialisation (a no-op where it is missing)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers
+        return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def _source_of_bridge(model: TransformerModel) -> HFSource | None:

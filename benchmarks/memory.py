@@ -1,0 +1,95 @@
+"""Peak resident memory and time per prompt against the number of prompts, at a max_memory.
+
+For EAP-IG (edges, 5 steps over the inputs) and activation patching (heads) on SmolLM2-135M
+(the embedded model) with 8, 32, 128 and 512 IOI prompts by default. Each size runs in a fresh
+subprocess, so every peak (the child's ``ru_maxrss``, from ``os.wait4``) is the whole
+process: Python, torch, the model and its ungrouped copy, and the method's
+working memory. Flat peaks mean the methods stream over prompts.
+
+    python benchmarks/memory.py                          # all sizes, both methods
+    python benchmarks/memory.py --sizes 8 32 --methods eap-ig --max-memory 1GB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+METHODS = ("eap-ig", "activation-patching")
+
+
+def child(method: str, model_name: str, n: int, max_memory: str | None) -> None:
+    """Run one method once in this process and print a JSON line with its timings."""
+    start = time.perf_counter()
+    import interp
+    from circuits import discover, ioi_task
+
+    model = interp.load_model(model_name)
+    if method == "eap-ig":
+        interp.ungrouped(model)  # built once per model: part of loading, not of the method
+    loaded = time.perf_counter()
+    task = ioi_task(model, n, seed=0)
+    options = {} if max_memory is None else {"max_memory": max_memory}
+    run = time.perf_counter()
+    discover(model, task, method, "edge" if method == "eap-ig" else "node", **options)
+    done = time.perf_counter()
+    print(
+        json.dumps(
+            {
+                "load_s": loaded - start,
+                "method_s": done - run,
+                "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            }
+        )
+    )
+
+
+def measure(method: str, model_name: str, n: int, max_memory: str | None) -> dict:
+    """One size in a fresh subprocess: its timings and its peak resident memory (the child's
+    own ``ru_maxrss``, read when it is reaped)."""
+    cmd = [sys.executable, __file__, "--child", method, "--model", model_name, "--sizes", str(n)]
+    if max_memory is not None:
+        cmd += ["--max-memory", max_memory]
+    with tempfile.TemporaryFile("w+") as errors:  # a file: a chatty child never blocks on it
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True)
+        stdout = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # reaped here, with its resource usage
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            errors.seek(0)
+            raise SystemExit(f"{method} with {n} prompts failed:\n{errors.read()[-3000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return {**result, "peak_gb": usage.ru_maxrss * 1024 / 1e9}  # Linux: kilobytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 128, 512])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--max-memory", default=None, help="e.g. 1GB (default: the toolkit's)")
+    parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.model, args.sizes[0], args.max_memory)
+        return
+    print(f"{args.model}, max_memory={args.max_memory or 'default'}")
+    print(f"{'method':<22}{'prompts':>8}{'peak RSS GB':>13}{'s/prompt':>10}{'load s':>8}")
+    for method in args.methods:
+        for n in args.sizes:
+            r = measure(method, args.model, n, args.max_memory)
+            print(
+                f"{method:<22}{n:>8}{r['peak_gb']:>13.2f}{r['method_s'] / n:>10.3f}"
+                f"{r['load_s']:>8.1f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
