@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from interp import RULE_SETS, CircuitGraph, InterpError, TransformerModel, progr
 from ._patching import activation_patching
 from ._tasks import Task
 
-__all__ = ["RayExecutor", "as_executor", "prompt_sharded", "sharded_discover"]
+__all__ = ["RayExecutor", "as_executor", "prompt_sharded", "sharded_curve", "sharded_discover"]
 
 # methods whose scores are means over prompts (RelP: every name in interp.RULE_SETS too)
 PROMPT_SHARDED = ("atp", "eap", "eap-ig", "eap-ig-activations", "clean-corrupted")
@@ -170,6 +170,15 @@ class _Shards:
             self.model, task.to(self.device), component, cells=mask, **options
         )
         return {"values": values.cpu()}
+
+    def curve(
+        self, task: Task, graph: CircuitGraph, sizes: list[int], options: dict[str, Any]
+    ) -> Any:
+        from ._edges import faithfulness_curve
+
+        # through its lossless dict form: a graph read back shares this process's layout
+        graph = CircuitGraph.from_dict(graph)
+        return faithfulness_curve(self.model, graph, task.to(self.device), sizes, **options)
 
 
 class _Worker(_Shards):
@@ -415,15 +424,7 @@ def sharded_discover(
     else:
         run = _run_on_ray(ray, actors, task, todo)
     where = "this process" if executor is None else f"{workers} Ray workers"
-    with progress_bar(
-        total=len(calls), initial=len(results), desc=f"{method} on {where}", progress=progress
-    ) as bar:
-        for i, result in run:
-            if store is not None:
-                store.save(i, result)
-            results[i] = result
-            bar.update(1)
-    ordered = [results[i] for i in range(len(calls))]
+    ordered = _collect(run, len(calls), results, f"{method} on {where}", progress, store)
     meta = {"shards": len(calls)}
     if executor is not None:
         meta["executor"] = "ray"
@@ -432,6 +433,55 @@ def sharded_discover(
     return _combine_cells(
         model, task, plan["cells"], ordered, {**meta, "direction": options["direction"]}
     )
+
+
+def _collect(
+    run: Iterator[tuple[int, Any]],
+    total: int,
+    results: dict[int, Any],
+    desc: str,
+    progress: bool | None,
+    store: _Checkpoint | None = None,
+) -> list[Any]:
+    """Every shard's result in plan order, kept as it comes (one progress bar for all)."""
+    with progress_bar(total=total, initial=len(results), desc=desc, progress=progress) as bar:
+        for i, result in run:
+            if store is not None:
+                store.save(i, result)
+            results[i] = result
+            bar.update(1)
+    return [results[i] for i in range(total)]
+
+
+def sharded_curve(
+    executor: Any,
+    model: TransformerModel,
+    graph: CircuitGraph,
+    task: Task,
+    sizes: Sequence[int],
+    *,
+    progress: bool | None = None,
+    **options: Any,
+) -> Any:
+    """:func:`circuits.faithfulness_curve` with the sizes shared out to Ray actors (each
+    measures the baselines again: a sweep over many sizes pays for that)."""
+    executor = as_executor(executor)
+    if executor is None:
+        raise InterpError("sharded_curve needs an executor ('ray' or a RayExecutor).")
+    import pandas as pd
+
+    ray = _ray()
+    _loaded_with(model)
+    _connect(ray, executor)
+    actors = _actors(ray, executor, model)
+    sizes = [int(k) for k in sizes]
+    parts = _splits(len(sizes), executor.shards or SHARDS_PER_WORKER * len(actors))
+    options = {**options, "progress": False}
+    data = graph.to_dict()
+    calls = {i: ("curve", (data, sizes[a:b], options)) for i, (a, b) in enumerate(parts)}
+    run = _run_on_ray(ray, actors, task, calls)
+    desc = f"faithfulness curve on {len(actors)} Ray workers"
+    return pd.concat(_collect(run, len(calls), {}, desc, progress), ignore_index=True)
 
 
 def _splits(n: int, parts: int) -> list[list[int]]:

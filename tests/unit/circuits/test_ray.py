@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import interp
-from circuits import RayExecutor, discover, ioi_task
+from circuits import RayExecutor, discover, faithfulness_curve, ioi_task
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install '.[ray]'")
 
@@ -98,6 +98,22 @@ def test_killed_worker_is_retried(local_ray, tiny_gpt2, tmp_path: Path) -> None:
     sharded = discover(tiny_gpt2, task, "eap", "edge", executor="ray")
     assert marker.exists(), "no worker was killed: the test did not test anything"
     assert _max_diff(sharded.edge_scores, alone.edge_scores) < 1e-6
+
+
+def test_faithfulness_curve_sharded_by_sizes(local_ray, tiny_gpt2) -> None:
+    task = ioi_task(tiny_gpt2, 4)
+    graph = discover(tiny_gpt2, task, "eap", "edge")
+    sizes = [1, 5, 20, 50, 110]
+    alone = faithfulness_curve(tiny_gpt2, graph, task, sizes, progress=False)
+    sharded = faithfulness_curve(tiny_gpt2, graph, task, sizes, executor=RayExecutor(shards=3))
+    assert sharded["k"].tolist() == sizes and list(sharded.columns) == list(alone.columns)
+    for column in ("k", "n_edges", "n_nodes"):
+        assert sharded[column].tolist() == alone[column].tolist()
+    for column in ("metric", "clean", "corrupt"):
+        assert float((sharded[column] - alone[column]).abs().max()) < 1e-6
+    # faithfulness divides by clean - corrupt, small on a random model
+    gap = abs(float(alone["clean"][0] - alone["corrupt"][0]))
+    assert float((sharded["faithfulness"] - alone["faithfulness"]).abs().max()) * gap < 1e-6
 
 
 def test_unshardable_method_and_unknown_executor(tiny_gpt2) -> None:
