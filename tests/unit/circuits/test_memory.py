@@ -95,12 +95,14 @@ def _memory_for(per_token: float, positions: int, rows: int, share: float = 1.0)
 
 @pytest.mark.parametrize("ig_over", ["inputs", "activations"])
 def test_edge_attribution_does_not_depend_on_chunks(tiny_llama, task, ig_over) -> None:
+    if ig_over == "activations":  # 2 n_layers + 1 times the passes: fewer prompts
+        task = task.subset(slice(0, 4))
     copies = 2 if ig_over == "inputs" else 1  # inputs: rows are prompts x IG points
     runs = [
         edge_attribution(
             tiny_llama, None, task, ig_steps=2, ig_over=ig_over, rows_per_pass=size * copies
         )
-        for size in SIZES
+        for size in (1, 3, len(task))
     ]
     for run in runs[:-1]:
         close(run.edge_scores, runs[-1].edge_scores)
