@@ -26,6 +26,7 @@ gives the identical result. A folder holding another sweep is refused.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -208,9 +209,14 @@ def _run_on_ray(
         for j, (i, (name, args)) in enumerate(calls.items())
     }
     pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        yield refs[done[0]], ray.get(done[0])
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield refs[done[0]], ray.get(done[0])
+    finally:  # stopped (Ctrl-C, a failed shard): the shards not begun are dropped
+        for ref in pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)
 
 
 _POOLS: dict[tuple[Any, ...], list[Any]] = {}
