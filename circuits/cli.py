@@ -663,7 +663,7 @@ def _check_graph_fits(
 def demo(
     model: str = typer.Option("smollm2-135m", help="Model to run."),
     method: str = typer.Option("eap-ig", help="Discovery method."),
-    n_prompts: int = typer.Option(8, help="IOI prompt pairs to discover on (twice as many test)."),
+    n_prompts: int = typer.Option(32, help="IOI prompt pairs to discover on (twice as many test)."),
     top: int = typer.Option(6000, help="Edges to keep (SmolLM2-135M has 123,211)."),
     out: Path = typer.Option(Path("out"), help="Folder for the circuit files."),
 ) -> None:
