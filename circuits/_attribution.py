@@ -146,14 +146,17 @@ def _site_scores(
     alphas: tuple[float, ...],
     gradient_rules: GradientRules,
     rows_per_pass: int,
+    progress: bool | None = False,
 ) -> tuple[dict[str, Tensor], float | None]:
     """Per site, ``(a_source - a_base) * gradient`` summed over prompts and d_model: shape
     (pos, [head]), in float32 or wider; and, with one step, the base metric. Prompts go in
-    chunks; each chunk is weighted by its share of the mean."""
+    chunks (a bar over them with ``progress``); each chunk is weighted by its share of the
+    mean."""
     n = len(task)
     total: dict[str, Tensor] = {}
     m_base = 0.0
-    for chunk in _prompt_chunks(n, len(alphas), rows_per_pass):
+    chunks = list(_prompt_chunks(n, len(alphas), rows_per_pass))
+    for chunk in progress_bar(chunks, desc="attribution", progress=progress):
         run = _attribution_pass(model, task.subset(chunk), sites, direction, alphas, gradient_rules)
         weight = (chunk.stop - chunk.start) / n  # the metric is a mean over prompts
         m_base += run.value * weight
@@ -470,7 +473,9 @@ def node_attribution(
     sites = [g.site for g in layout.writer_groups]
     n = len(task)
     rows = _rows_per_pass(model, task, rows_per_pass, max_memory, 2 * len(sites))
-    per_site, _ = _site_scores(model, task, sites, direction, alphas, gradient_rules, rows)
+    per_site, _ = _site_scores(
+        model, task, sites, direction, alphas, gradient_rules, rows, progress
+    )
     per_writer = torch.cat([per_site[site].sum(0).reshape(-1).cpu() for site in sites])
     return graph.with_scores(
         node_scores=layout.node_values(per_writer).float(),

@@ -236,3 +236,12 @@ def test_eap_ig_over_activations_equals_a_run_per_group_and_step(tiny_gpt2, tiny
         torch.testing.assert_close(got.edge_scores.double(), want, rtol=1e-4, atol=1e-6)
         inputs = edge_attribution(model, None, task, ig_steps=3)
         assert not torch.allclose(inputs.edge_scores.double(), want, rtol=1e-3, atol=1e-5)
+
+
+def test_node_attribution_shows_a_progress_bar(tiny_gpt2, capsys) -> None:
+    task = ioi_task(tiny_gpt2, 4, seed=0)
+    quiet = node_attribution(tiny_gpt2, None, task, rows_per_pass=2, progress=False)
+    assert "attribution" not in capsys.readouterr().err
+    shown = node_attribution(tiny_gpt2, None, task, rows_per_pass=2, progress=True)
+    assert "attribution" in capsys.readouterr().err
+    torch.testing.assert_close(quiet.node_scores, shown.node_scores, equal_nan=True)
