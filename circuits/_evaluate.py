@@ -21,6 +21,7 @@ corrupted prompts, where MIB's ``mean`` averages over positions too).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -288,7 +289,9 @@ def evaluate(
             "discover(model, task, 'eap-ig', 'edge')."
         )
     requested = [int(p * n_edges) for p in values]
-    circuits = [select_circuit(graph, k, selection) for k in requested]
+    with warnings.catch_warnings():  # an empty circuit is a row of the table (0 edges)
+        warnings.simplefilter("ignore", UserWarning)
+        circuits = [select_circuit(graph, k, selection) for k in requested]
     metrics, clean, empty = circuit_metrics(
         model,
         task,

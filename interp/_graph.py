@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -455,7 +456,17 @@ class CircuitGraph:
             # unscored nodes, sources and sinks (input, logits) stay in
             new.node_in_graph = chosen | self.node_scores.isnan() | self._ends()
             new.edge_in_graph = new.node_in_graph[self.edge_src] & new.node_in_graph[self.edge_dst]
-        return new.prune() if prune else new
+        if not prune:
+            return new
+        pruned = new.prune()
+        if bool(chosen.any()) and pruned.n_edges_in_graph == 0 and len(self.edge_src):
+            warnings.warn(
+                f"None of the {int(chosen.sum())} chosen {level}s lies on a path from the input "
+                "to the logits, so the circuit is empty after pruning (prune=False keeps them; "
+                "greedy selection, strategy='greedy', grows connected circuits).",
+                stacklevel=3,
+            )
+        return pruned
 
     def n_ranked(self, level: Level = "edge") -> int:
         """How many edges (or nodes) :meth:`top` can choose from: the scored ones, and at node

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import networkx as nx
 import pytest
@@ -427,3 +428,19 @@ def test_drawing_layers_non_transformer_graphs_by_longest_path() -> None:
     layers = _longest_path_layers(g, list(range(5)), list(range(6)))
     # c is two steps from a (not one, as the shortcut a->c would say); x and y form a cycle
     assert layers == {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0, 4: 3.0}
+
+
+def test_a_circuit_emptied_by_pruning_says_why() -> None:
+    spec = ModelSpec(name="toy", architecture="gpt2", n_layers=2, n_heads=2, d_model=8)
+    graph = CircuitGraph.from_model(spec)
+    names = graph.edge_names()
+    scores = torch.zeros(len(names))
+    scores[names.index("input->a0.h0<q>")] = 1.0  # a head that reaches no logits edge
+    graph = graph.with_scores(edge_scores=scores)
+    with pytest.warns(UserWarning, match="empty after pruning"):
+        assert graph.top(1).n_edges_in_graph == 0
+    assert graph.top(1, prune=False).n_edges_in_graph == 1
+    scores[names.index("a0.h0->logits")] = 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert graph.with_scores(edge_scores=scores).top(2).n_edges_in_graph == 2
