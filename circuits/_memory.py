@@ -120,6 +120,7 @@ class MemoryBudget:
         self.vector = itemsize * spec.d_model  # one d_model vector at one token
         self.n_layers, self.n_heads = spec.n_layers, spec.n_heads
         self.d_mlp = spec.d_mlp or 4 * spec.d_model
+        self.d_vocab = spec.d_vocab or 0
         if spec.parallel_attn_mlp:
             self.writers = self.readers = spec.n_layers * (spec.n_heads + 1) + 1
         else:
@@ -167,6 +168,11 @@ class MemoryBudget:
 
     def mask_rows(self, positions: int) -> int:
         return self.rows(self.mask_token(positions), positions)
+
+    def logit_rows(self, positions: int) -> int:
+        """Rows of ``positions`` tokens one no-gradient forward pass may carry with half the
+        budget when it returns every position's logits (vocab wide, and their float32 copy)."""
+        return self.rows(self._forward(positions) + 2 * 4 * self.d_vocab, positions, 0.5)
 
     def forward_tokens(self, positions: int) -> int:
         """Tokens one no-gradient forward pass may carry with half the budget."""

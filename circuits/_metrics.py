@@ -24,7 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp import InterpError
+from interp import InterpError, TransformerModel
+
+from ._memory import MemoryBudget, prompt_chunks
 
 __all__ = ["METRICS", "AnswerProb", "KLToClean", "LogitDiff", "Metric", "UserMetric"]
 
@@ -85,7 +87,8 @@ class KLToClean(Metric):
 
     def values(self, logits: Tensor, answer: Tensor, wrong: Tensor, rows: Tensor) -> Tensor:
         log_p = torch.log_softmax(logits.float(), -1)
-        ref = self.reference.to(logits.device)[rows.to(logits.device)]
+        # only the rows' references move (the reference may live on another device)
+        ref = self.reference[rows.to(self.reference.device)].to(logits.device)
         return (ref.exp() * (ref - log_p)).sum(-1).to(logits.dtype)
 
     def subset(self, index: Tensor) -> Metric:
@@ -117,10 +120,27 @@ METRICS: dict[str, Callable[..., Metric]] = {
 }
 
 
-def _clean_log_probs(model: Any, task: Any) -> Tensor:
+def _clean_log_probs(model: Any, task: Any, max_memory: int | str | None = None) -> Tensor:
+    """Log-probabilities of the clean run's next token at each prompt's last position, shape
+    (n, vocab) in float32, on the device of the model's logits.
+
+    The clean prompts run in chunks that fit ``max_memory`` (a no-gradient pass holds every
+    position's logits, vocab wide), and only each chunk's last positions are kept, so a large
+    task never holds the logits of all its prompts at once.
+    """
     if model is None:
         raise InterpError("The 'kl' metric runs the clean prompts once: pass the model too.")
+    n, positions = task.clean.shape
+    if isinstance(model, TransformerModel):
+        size = MemoryBudget(model, max_memory).logit_rows(positions)
+    else:  # any callable model: no shapes to size chunks from
+        size = n
+    parts = []
     with torch.no_grad():
-        logits = model(task.clean)
-    last = logits[torch.arange(len(task)), task.last_positions().to(logits.device)]
-    return torch.log_softmax(last.float(), -1)
+        for chunk in prompt_chunks(n, size):
+            logits = model(task.clean[chunk])
+            at = torch.arange(len(logits), device=logits.device)
+            last = logits[at, task.lengths[chunk].to(logits.device) - 1]
+            del logits  # the chunk's (rows, pos, vocab) logits go before the next pass
+            parts.append(torch.log_softmax(last.float(), -1))
+    return torch.cat([p.to(parts[-1].device) for p in parts])

@@ -329,3 +329,15 @@ def test_patching_peak_memory_follows_max_memory_not_the_prompts(tiny_gpt2) -> N
     few, many = _peak(patching(3, "64KB")), _peak(patching(9, "64KB"))
     assert many < 1.3 * few
     assert _peak(patching(9, "64MB")) > 2 * many
+
+
+def test_kl_reference_peak_memory_follows_max_memory_not_the_prompts(tiny_gpt2) -> None:
+    from circuits._metrics import _clean_log_probs
+
+    def reference(n: int, memory: str):
+        task = ioi_task(tiny_gpt2, n, seed=0, template_ids=[0])
+        return lambda: _clean_log_probs(tiny_gpt2, task, memory)
+
+    few, many = _peak(reference(3, "64KB")), _peak(reference(9, "64KB"))
+    assert many < 1.3 * few  # only the (prompts, vocab) reference itself grows
+    assert _peak(reference(9, "64MB")) > 2 * many  # one pass over all prompts

@@ -81,3 +81,35 @@ def test_a_task_from_token_ids_without_texts_can_be_split(tiny_gpt2, task):
     assert torch.equal(part.clean, task.clean[[0, 2]]) and part.clean_text == ()
     graph = discover(tiny_gpt2, bare, "eap", "edge", rows_per_pass=2)  # chunks call subset
     assert int((~graph.edge_scores.isnan()).sum()) == len(graph.edges)
+
+
+@pytest.mark.parametrize("size", [1, 3, 7])
+def test_kl_reference_streams_over_prompt_chunks(tiny_gpt2, monkeypatch, size):
+    """The clean run's reference distributions, made over chunks of 1, 3 (the last one short)
+    and all 7 prompts, equal a float64 computation over the whole batch."""
+    from circuits._memory import MemoryBudget
+    from circuits._metrics import _clean_log_probs
+
+    task = ioi_task(tiny_gpt2, 7, seed=5)
+    monkeypatch.setattr(MemoryBudget, "logit_rows", lambda self, positions: size)
+    passes = []
+    real = type(tiny_gpt2).__call__
+    monkeypatch.setattr(
+        type(tiny_gpt2),
+        "__call__",
+        lambda self, x, *a, **k: passes.append(len(x)) or real(self, x, *a, **k),
+    )
+    ours = _clean_log_probs(tiny_gpt2, task)
+    monkeypatch.undo()
+    assert passes == [min(size, 7 - i) for i in range(0, 7, size)]
+    expected = torch.log_softmax(_last(tiny_gpt2, task, task.clean), -1)
+    assert ours.dtype == torch.float32 and ours.shape == expected.shape
+    torch.testing.assert_close(ours.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_kl_reference_chunks_follow_max_memory(tiny_gpt2):
+    from circuits._memory import MemoryBudget
+
+    positions = ioi_task(tiny_gpt2, 2, seed=5).clean.shape[1]
+    assert MemoryBudget(tiny_gpt2, "1KB").logit_rows(positions) == 1
+    assert MemoryBudget(tiny_gpt2, "1GB").logit_rows(positions) > 1000

