@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -38,6 +39,7 @@ from ._tasks import Task
 
 __all__ = [
     "PASS_BYTES",
+    "Sweep",
     "baselines",
     "check_layout",
     "chunked_metric",
@@ -50,6 +52,7 @@ __all__ = [
     "normalised",
     "plot_faithfulness",
     "prepare_edge_model",
+    "sweep",
 ]
 
 
@@ -79,13 +82,21 @@ def _source_writers(
     model: TransformerModel, layout: GraphLayout, task: Task, source: str
 ) -> dict[str, Tensor]:
     """Writer activations of the source run, one row per prompt; empty for ``zero`` (a writer
-    without a source activation is patched to zero). For ``mean``, the per-position means
-    (one row, to be expanded) of :func:`_mean_writers`."""
+    without a source activation is patched to zero)."""
+    return _source_run(model, layout, task, source)[0]
+
+
+def _source_run(
+    model: TransformerModel, layout: GraphLayout, task: Task, source: str
+) -> tuple[dict[str, Tensor], float | None]:
+    """The source run's writer activations (empty for ``zero``) and its metric (``None`` for
+    ``zero``): the corrupted baseline comes with the corrupted source run, not in a pass of
+    its own."""
     if source == "zero":
-        return {}
+        return {}, None
     tokens = task.clean if source == "clean" else task.corrupt
-    _, cache = model.run_with_cache(tokens, _writer_sites(layout))
-    return {site: cache[site] for site in _writer_sites(layout)}
+    logits, cache = model.run_with_cache(tokens, _writer_sites(layout))
+    return {site: cache[site] for site in _writer_sites(layout)}, float(task.measure(logits))
 
 
 def _mean_writers(
@@ -170,6 +181,9 @@ class _EdgePatcher:
                 corr = total - torch.einsum(
                     "knpwd,khw->knphd", deltas[:, :, :, used], keep[:, :, used].to(deltas.dtype)
                 )
+                # a copy with nothing patched (a baseline riding along) stays exactly its
+                # run: total minus every delta is only zero up to rounding
+                corr = corr * mask.flatten(1).any(1).to(corr.dtype)[:, None, None, None, None]
             corr = corr.reshape(k * n, *corr.shape[2:])
             return x + (corr if group.per_head else corr[:, :, 0])
 
@@ -271,9 +285,30 @@ def edge_patching(
             f"patched must have shape (readers={layout.n_readers}, writers={layout.n_writers}) "
             f"or (copies, readers, writers); got {tuple(patched.shape)}."
         )
+    values, _ = _patch_masks(
+        model, task, patched, run, source, masks_per_pass, max_memory, progress
+    )
+    values = values.to(torch.promote_types(next(model.bridge.parameters()).dtype, torch.float32))
+    return values[0] if single else values
+
+
+def _patch_masks(
+    model: TransformerModel,
+    task: Task,
+    patched: Tensor,
+    run: str,
+    source: str,
+    masks_per_pass: int | None,
+    max_memory: int | str | None,
+    progress: bool | None,
+) -> tuple[Tensor, float | None]:
+    """:func:`edge_patching`'s passes, checked arguments: the metric of each mask (float64,
+    (copies,)) and that of the source run (``None`` for ``mean`` and ``zero``), both means
+    over prompts. Per chunk of prompts: one source run, then ``masks_per_pass`` masks a pass."""
     masks_per_pass, prompts = _patch_plan(model, task, len(patched), masks_per_pass, max_memory)
-    n, dtype = len(task), next(model.bridge.parameters()).dtype
+    n, layout = len(task), GraphLayout.of(model.spec)
     values = torch.zeros(len(patched), dtype=torch.float64)
+    source_metric: float | None = None if source in ("mean", "zero") else 0.0
     chunks = list(prompt_chunks(n, prompts))
     work = [(c, s) for c in chunks for s in range(0, patched.shape[0], masks_per_pass)]
     with torch.no_grad():
@@ -283,7 +318,12 @@ def edge_patching(
             part = task.subset(chunk)
             if start == 0:  # a new prompt chunk: its source run (the last one's goes first)
                 src = {}
-                src = mean if mean is not None else _source_writers(model, layout, part, source)
+                if mean is not None:
+                    src = mean
+                else:
+                    src, measured = _source_run(model, layout, part, source)
+                    if measured is not None:
+                        source_metric += measured * len(part) / n
             masks = patched[start : start + masks_per_pass].to(model.device, torch.bool)
             patcher = _EdgePatcher(layout, masks, src, len(part))
             tokens = part.clean if run == "clean" else part.corrupt
@@ -293,8 +333,7 @@ def edge_patching(
             value = part.measure(logits, per_copy=True).double().cpu()
             values[start : start + len(masks)] += value * (len(part) / n)
             del patcher, logits
-    values = values.to(torch.promote_types(dtype, torch.float32))
-    return values[0] if single else values
+    return values, source_metric
 
 
 def _circuit_mask(layout: GraphLayout, graph: CircuitGraph) -> Tensor:
@@ -344,32 +383,69 @@ def circuit_metrics(
     """The metric of each circuit with every edge outside it ablated, of the full model and of
     the empty circuit: ``(m(C) per circuit, m(N), m(empty))``.
 
-    All circuits (already pruned: the in-graph edges between in-graph nodes are kept) and,
-    for mean and zero ablation, the empty circuit ride in as few edge-patching passes as
-    ``masks_per_pass`` (or ``max_memory``) allows; the baselines are computed once. Under
-    corrupted patching the empty circuit is the corrupted run.
+    Everything rides in one set of edge-patching passes (as few as ``masks_per_pass``, or
+    ``max_memory``, allows): all circuits (already pruned: the in-graph edges between
+    in-graph nodes are kept), the full model (a mask that patches nothing) and, for mean and
+    zero ablation, the empty circuit (a mask that patches everything). Under corrupted
+    patching the empty circuit is the corrupted run, which is also the source run that every
+    pass reads, so it costs nothing more: per chunk of prompts, one source run and
+    ``ceil((circuits + 1) / masks_per_pass)`` patched passes.
     """
     check_option("ablation", ablation, Ablation)
     model, layout = prepare_edge_model(model)
-    clean, corrupt = baselines(model, task, max_memory)
-    masks = [_circuit_mask(layout, circuit) for circuit in circuits]
+    nothing = torch.zeros(layout.n_readers, layout.n_writers, dtype=torch.bool)
+    masks = [nothing, *(_circuit_mask(layout, circuit) for circuit in circuits)]
     if ablation != "corrupt":  # the empty circuit: every edge ablated
         masks.append(layout.to_matrix(torch.ones(len(layout.edge_src), dtype=torch.bool)))
-    if not masks:
-        return torch.zeros(0), clean, corrupt
-    values = edge_patching(
+    values, source_metric = _patch_masks(
+        model, task, torch.stack(masks), "clean", ablation, masks_per_pass, max_memory, progress
+    )
+    dtype = torch.promote_types(next(model.bridge.parameters()).dtype, torch.float32)
+    clean = float(values[0].to(dtype))
+    empty = source_metric if source_metric is not None else float(values[-1].to(dtype))
+    return values[1 : 1 + len(circuits)].to(dtype), clean, empty
+
+
+class Sweep(NamedTuple):
+    """What :func:`sweep` returns: per size, the circuit, its metric and its faithfulness;
+    and the two baselines they share."""
+
+    circuits: list[CircuitGraph]
+    metrics: list[float]
+    faithfulness: list[float]
+    clean: float
+    empty: float
+
+
+def sweep(
+    model: TransformerModel,
+    task: Task,
+    select: Callable[[int], CircuitGraph],
+    sizes: Sequence[int],
+    *,
+    ablation: Ablation = "corrupt",
+    masks_per_pass: int | None = None,
+    max_memory: int | str | None = None,
+    progress: bool | None = None,
+) -> Sweep:
+    """The circuit ``select(k)`` of each size k, measured together by :func:`circuit_metrics`
+    (one set of baselines, as few passes as fit), and normalised: the one sweep behind
+    :func:`faithfulness_curve` and :func:`circuits.evaluate`. An empty circuit is a row (the
+    warning of selecting nothing is silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        circuits = [select(int(k)) for k in sizes]
+    values, clean, empty = circuit_metrics(
         model,
         task,
-        torch.stack(masks),
-        run="clean",
-        source=ablation,
+        circuits,
+        ablation=ablation,
         masks_per_pass=masks_per_pass,
         max_memory=max_memory,
         progress=progress,
     )
-    if ablation == "corrupt":
-        return values, clean, corrupt
-    return values[:-1], clean, float(values[-1])
+    metrics = [float(v) for v in values]
+    return Sweep(circuits, metrics, [normalised(m, clean, empty) for m in metrics], clean, empty)
 
 
 def normalised(value: float, clean: float, empty: float) -> float:
@@ -443,8 +519,10 @@ def faithfulness_curve(
     """Faithfulness of the top-k circuits of a scored graph for each k (a pandas DataFrame).
 
     The circuits share one set of baselines and ride together in as few edge-patching passes
-    as ``masks_per_pass`` allows (see :func:`circuits.evaluate` for MIB's sweep over fractions
-    of the edges, with its areas CPR and CMD).
+    as ``masks_per_pass`` allows: per chunk of prompts, one source run and
+    ``ceil((len(sizes) + 1) / masks_per_pass)`` patched passes (the full model rides along
+    as a circuit of every edge; :func:`circuit_metrics`). See :func:`circuits.evaluate` for
+    MIB's sweep over fractions of the edges, with its areas CPR and CMD.
 
     Returns
     -------
@@ -478,21 +556,19 @@ def faithfulness_curve(
             max_memory=max_memory,
             progress=progress,
         )
-    with warnings.catch_warnings():  # an empty circuit is a row of the table (n_edges 0)
-        warnings.simplefilter("ignore", UserWarning)
-        circuits = [graph.top(int(k), level=level) for k in sizes]
-    values, clean, empty = circuit_metrics(
+    swept = sweep(
         model,
         task,
-        circuits,
+        lambda k: graph.top(k, level=level),
+        sizes,
         ablation=ablation,
         masks_per_pass=masks_per_pass,
         max_memory=max_memory,
         progress=progress,
     )
     rows = [
-        {"k": int(k), "level": level, **_result(float(value), clean, empty, circuit)}
-        for k, value, circuit in zip(sizes, values, circuits, strict=True)
+        {"k": int(k), "level": level, **_result(value, swept.clean, swept.empty, circuit)}
+        for k, value, circuit in zip(sizes, swept.metrics, swept.circuits, strict=True)
     ]
     return pd.DataFrame(rows)
 

@@ -21,14 +21,13 @@ corrupted prompts, where MIB's ``mean`` averages over positions too).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from interp import CircuitGraph, InterpError, TransformerModel
 
-from ._edges import circuit_metrics, normalised
+from ._edges import sweep
 from ._options import Ablation, Selection, check_option
 from ._tasks import Task
 
@@ -289,19 +288,17 @@ def evaluate(
             "discover(model, task, 'eap-ig', 'edge')."
         )
     requested = [int(p * n_edges) for p in values]
-    with warnings.catch_warnings():  # an empty circuit is a row of the table (0 edges)
-        warnings.simplefilter("ignore", UserWarning)
-        circuits = [select_circuit(graph, k, selection) for k in requested]
-    metrics, clean, empty = circuit_metrics(
+    swept = sweep(
         model,
         task,
-        circuits,
+        lambda k: select_circuit(graph, k, selection),
+        requested,
         ablation=ablation,
         masks_per_pass=masks_per_pass,
         max_memory=max_memory,
         progress=progress,
     )
-    faithful = [normalised(float(m), clean, empty) for m in metrics]
+    circuits, faithful = swept.circuits, swept.faithfulness
     table = pd.DataFrame(
         {
             "fraction": values,
@@ -310,8 +307,8 @@ def evaluate(
             "effective_fraction": [c.n_edges_in_graph / n_edges for c in circuits],
             "nodes": [c.n_nodes_in_graph for c in circuits],
             "faithfulness": faithful,
-            "metric": [float(m) for m in metrics],
+            "metric": swept.metrics,
         }
     )
     cpr, cmd, mean = faithfulness_areas(values, faithful)
-    return Evaluation(table, cpr, cmd, mean, clean, empty, selection, ablation, n_edges)
+    return Evaluation(table, cpr, cmd, mean, swept.clean, swept.empty, selection, ablation, n_edges)

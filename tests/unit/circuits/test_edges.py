@@ -78,3 +78,47 @@ def test_curve_and_plot(tmp_path, tiny_gpt2) -> None:
     assert df["faithfulness"].iloc[-1] == pytest.approx(1.0, abs=1e-3)
     plot_faithfulness({"linspace": df}, str(tmp_path / "curve.png"))
     assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("ablation", ["corrupt", "mean", "zero"])
+def test_curve_runs_its_baselines_once_and_equals_each_size_alone(tiny, ablation) -> None:
+    """The curve's values against edge patching of each circuit and plain runs of the clean
+    and corrupted prompts (written here), and its forward passes counted: one source run
+    (none for zero ablation), then the circuits, the full model and (but for corrupted
+    patching, whose empty circuit is the source run) the empty circuit, two masks a pass."""
+    task = ioi_task(tiny, 3, seed=2, template_ids=[2])  # mean ablation needs equal lengths
+    model, layout = prepare_edge_model(tiny)
+    graph = interp.CircuitGraph.from_model(tiny)
+    gen = torch.Generator().manual_seed(0)
+    graph = graph.with_scores(edge_scores=torch.randn(len(graph.edges), generator=gen))
+    sizes = [3, 20, 60, len(graph.edges)]
+    rows: list[int] = []
+    handle = model.bridge.register_forward_pre_hook(lambda mod, args: rows.append(len(args[0])))
+    try:
+        curve = faithfulness_curve(
+            tiny, graph, task, sizes, ablation=ablation, masks_per_pass=2, progress=False
+        )
+    finally:
+        handle.remove()
+    n, masks = len(task), len(sizes) + 1 + (ablation != "corrupt")
+    source_runs = [n] if ablation != "zero" else []
+    assert rows == source_runs + [2 * n] * (masks // 2) + [n] * (masks % 2)
+
+    with torch.no_grad():
+        clean = float(task.measure(model(task.clean)))
+        corrupt = float(task.measure(model(task.corrupt)))
+    every = layout.to_matrix(torch.ones(len(layout.edge_src), dtype=torch.bool))
+    if ablation != "corrupt":
+        corrupt = float(edge_patching(model, task, every, source=ablation))
+    for k, row in zip(sizes, curve.itertuples(), strict=True):
+        circuit = graph.top(k).prune()
+        kept = circuit.edge_in_graph & circuit.node_in_graph[circuit.edge_src]
+        kept &= circuit.node_in_graph[circuit.edge_dst]
+        metric = float(edge_patching(model, task, layout.to_matrix(~kept), source=ablation))
+        assert row.metric == pytest.approx(metric, abs=1e-6)
+        assert (row.clean, row.corrupt) == pytest.approx((clean, corrupt), abs=1e-6)
+        # metrics within 1e-6 each: a ratio within 4e-6 over the gap
+        close = 4e-6 / abs(clean - corrupt)
+        assert row.faithfulness == pytest.approx((metric - corrupt) / (clean - corrupt), abs=close)
+        alone = faithfulness(tiny, graph.top(k), task, ablation=ablation)
+        assert row.faithfulness == pytest.approx(alone["faithfulness"], abs=close)

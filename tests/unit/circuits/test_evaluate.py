@@ -161,7 +161,9 @@ def test_empty_circuit_of_each_ablation(tiny_gpt2) -> None:
     with torch.no_grad():
         corrupt = float(task.logit_diff(model(task.corrupt)))
     _, _, empty = circuit_metrics(model, task, [], ablation="corrupt")
-    assert empty == corrupt
+    # the source run that records the writers is the corrupted run (hooks may change the
+    # rounding of a few float32 ulps, never more)
+    assert empty == pytest.approx(corrupt, abs=1e-6)
     _, _, zero = circuit_metrics(model, task, [], ablation="zero")
     _, _, mean = circuit_metrics(model, task, [], ablation="mean")
     assert abs(zero - corrupt) > 1e-3 and abs(mean - corrupt) > 1e-3
