@@ -35,8 +35,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/lint-imports
 
+# --quick: about 10 minutes on one core (`make bench BENCH=` for the full runs). The peers
+# (auto-circuit, nnsight, TransformerLens 2) get their own environments under
+# benchmarks/peers/.venvs, built on first use from the lock files beside them.
+BENCH ?= --quick
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(BENCH)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab tutorials

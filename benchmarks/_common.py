@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,6 +53,7 @@ def parser(description: str, model: str = "smollm2-135m", n_prompts: int = 8):
     p.add_argument("--model", default=model)
     p.add_argument("--n-prompts", type=int, default=n_prompts)
     p.add_argument("--device", default=None, help="e.g. cuda (default: the CPU)")
+    p.add_argument("--quick", action="store_true", help="a smaller run (make bench's default)")
     return p
 
 
@@ -60,3 +63,23 @@ def load(args: argparse.Namespace) -> interp.TransformerModel:
 
 def ioi(model: interp.TransformerModel, n: int):
     return ioi_task(model, n, seed=0, template_ids=[0]).to(model.device)
+
+
+PROFILES = Path(__file__).resolve().parent.parent / "out" / "bench"
+
+
+def profile_row(name: str, fn: Callable[[], Any], seconds: float, top: int = 12) -> Path:
+    """Profile one more run of a row (torch.profiler, operators by self CPU time): the full
+    table goes to ``out/bench/profile_<row>.txt``, its top ``top`` lines are printed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+    PROFILES.mkdir(parents=True, exist_ok=True)
+    path = PROFILES / f"profile_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.txt"
+    path.write_text(f"{name}: {seconds:.2f} s unprofiled\n{table}")
+    lines = table.splitlines()
+    print(f"\nprofile of ours, {name} ({seconds:.1f} s unprofiled; full table in {path}):")
+    print("\n".join(lines[: top + 3]))
+    return path

@@ -7,7 +7,8 @@ scores are per position; they are summed over positions to compare with ours.
 from __future__ import annotations
 
 import torch
-from _common import fixed_name_task, load, parser, timed
+from _common import fixed_name_task, load, parser, profile_row, timed
+from _floor import Shapes, describe, gradient_flops, matmul_rate
 from transformer_lens.tools.analysis.attribution_patching import (
     EdgeAttributionConfig,
     attribution_patch,
@@ -36,6 +37,8 @@ def main() -> None:
     model = load(args)
     task = fixed_name_task(model, args.n_prompts).to(model.device)
     model(task.clean)  # warm-up
+    shapes = Shapes.of(model, task)
+    rate = matmul_rate(shapes)
     print(
         f"model {model.spec.name}: {model.spec.n_layers} layers x {model.spec.n_heads} heads; "
         f"{len(task)} prompt pairs of {task.clean.shape[1]} tokens"
@@ -73,8 +76,15 @@ def main() -> None:
         f"edges compared: {len(summed)} of {len(ours.edges)}; max |difference| "
         f"{(a - b).abs().max():.2e} (largest |score| {b.abs().max():.2e})"
     )
-    print(f"{'what':<28} {'TransformerLens':>16} {'ours':>9} {'speed-up':>9}")
-    print(f"{'EAP, every edge':<28} {t_tl:>15.1f}s {t_ours:>8.1f}s {t_tl / t_ours:>8.1f}x")
+    floor = gradient_flops(shapes, 1) / rate
+    print(describe(shapes, rate))
+    print(f"{'what':<28} {'TransformerLens':>16} {'ours':>9} {'speed-up':>9} {'ours/floor':>11}")
+    print(
+        f"{'EAP, every edge':<28} {t_tl:>15.1f}s {t_ours:>8.1f}s {t_tl / t_ours:>8.1f}x "
+        f"{t_ours / floor:>10.1f}x"
+    )
+    if t_ours > 1.5 * floor:
+        profile_row("EAP", lambda: edge_attribution(model, None, task, progress=False), t_ours)
 
 
 if __name__ == "__main__":
