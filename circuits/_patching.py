@@ -118,6 +118,49 @@ class _Prefix:
         return self.first if cell.pos is None else min(cell.pos, self.last_read)
 
 
+@dataclass
+class _Runs:
+    """The base and source runs of one chunk of prompts that patched passes read: the base
+    run's logits and block inputs (keys and values too, for a causal model) and both runs'
+    activations at the component's sites. Built once and shared by an estimate and the exact
+    patching after it (:func:`circuits.refined_patching`)."""
+
+    base_logits: Tensor
+    inputs: Any  # interp.BlockInputs
+    base_cache: dict[str, Tensor]
+    source_cache: dict[str, Tensor]
+    checked: int | None = None
+    """A restart position already shown to reproduce the base run (without an attention
+    output given), so the check need not run again."""
+
+
+def _sites(model: TransformerModel, component: str) -> list[str]:
+    return [COMPONENTS[component].format(layer=layer) for layer in range(model.spec.n_layers)]
+
+
+def _runs(model: TransformerModel, task: Task, component: str, direction: str) -> _Runs:
+    """Two forward passes: the source run (its activations at the sites) and the base run
+    (its block inputs, and its activations at the sites recorded on the way)."""
+    base, source = base_and_source(task, direction)
+    sites = _sites(model, component)
+    with torch.no_grad():
+        _, source_cache = model.run_with_cache(source, sites)
+        if component == "resid":  # the block inputs are the sites
+            base_logits, inputs = model.block_inputs(base, keep_kv=model.causal)
+            base_cache = dict(zip(sites, inputs.resid, strict=True))
+        else:
+            with model.cache(sites) as recorded:
+                base_logits, inputs = model.block_inputs(base, keep_kv=model.causal)
+            base_cache = {site: recorded[site] for site in sites}
+    return _Runs(base_logits, inputs, base_cache, {site: source_cache[site] for site in sites})
+
+
+def _one_chunk(model: TransformerModel, task: Task, max_memory: int | str | None) -> bool:
+    """Whether :func:`_patch_cells` keeps every prompt's runs in one chunk."""
+    budget = MemoryBudget(model, max_memory)
+    return budget.rows(budget.cache_token(), task.clean.shape[1], share=0.5) >= len(task)
+
+
 def _start_layer(cell: _Cell, component: str, n_layers: int) -> int:
     """The block a cell's pass starts at: an MLP output only adds to the residual leaving its
     block, so that pass starts one block later (but for the last block)."""
@@ -363,18 +406,19 @@ def _shortcuts(
     task: Task,
     base_logits: Tensor,
     attn_out: Tensor | None,
+    checked: int | None = None,
 ) -> tuple[_Prefix, bool]:
     """The shortcuts a patched pass may take, as ``(prefix, skip_attention)``: restarting at a
     later position (``prefix.first``) and handing block 0 its attention output (``attn_out``;
     ``None`` when the component does not use it), kept only if the base run comes back with
-    them, else dropped with a warning.
+    them, else dropped with a warning (``checked``: a restart position already shown to).
 
     Restarting at a later position needs every layer's keys and values from the recorded run;
     attentions that take no KV cache (TransformerLens-native models) record none, so it is not
     tried for them."""
     if prefix.first is not None and (inputs.kv is None or len(inputs.kv) < len(inputs.resid)):
         prefix = replace(prefix, first=None)
-    if not prefix.first and attn_out is None:
+    if attn_out is None and (not prefix.first or prefix.first == checked):
         return prefix, False
     if _shortcuts_exact(model, inputs, prefix.first or 0, task, base_logits, attn_out):
         return prefix, attn_out is not None
@@ -456,10 +500,12 @@ def _patch_cells(
     gradient_rules: Callable[[TransformerModel], Any] | None = None,
     only: Tensor | None = None,
     max_memory: int | str | None = None,
+    runs: _Runs | None = None,
 ) -> Tensor:
     """The metric of every cell's patched run: exact, or with ``blocks`` exact blocks and the
     base run's gradient after them. ``only``: a mask of the cells to compute (in the result's
-    shape); the others are NaN.
+    shape); the others are NaN. ``runs``: the runs of every prompt, already made (the caller
+    checked with :func:`_one_chunk` that they fit).
 
     Prompts go in chunks whose runs fit in half of ``max_memory``; every value is a mean over
     prompts, so the chunks' values, weighted by their share of the prompts, add up to it."""
@@ -470,7 +516,8 @@ def _patch_cells(
     if tokens_per_pass is None:
         tokens_per_pass = min(DEFAULT_TOKENS_PER_PASS, budget.forward_tokens(n_pos))
     n, shares = len(task), []
-    for chunk in prompt_chunks(n, budget.rows(budget.cache_token(), n_pos, share=0.5)):
+    size = n if runs is not None else budget.rows(budget.cache_token(), n_pos, share=0.5)
+    for chunk in prompt_chunks(n, size):
         part = task.subset(chunk)
         values = _patch_chunk(
             model,
@@ -483,6 +530,7 @@ def _patch_cells(
             blocks=blocks,
             gradient_rules=gradient_rules,
             only=only,
+            runs=runs,
         )
         shares.append(values.detach().cpu().double() * (len(part) / n))  # (cells,): small
         device = values.device
@@ -503,21 +551,18 @@ def _patch_chunk(
     blocks: int | None = None,
     gradient_rules: Callable[[TransformerModel], Any] | None = None,
     only: Tensor | None = None,
+    runs: _Runs | None = None,
 ) -> Tensor:
     """:func:`_patch_cells` for one chunk of prompts, kept whole in memory."""
     base, source = base_and_source(task, direction)
     n, n_pos = base.shape
     n_layers = model.spec.n_layers
-    sites = [COMPONENTS[component].format(layer=layer) for layer in range(n_layers)]
+    sites = _sites(model, component)
     causal = model.causal
-    with torch.no_grad():
-        _, source_cache = model.run_with_cache(source, sites)
-        base_logits, inputs = model.block_inputs(base, keep_kv=causal)
-        base_cache = (
-            {s: r for s, r in zip(sites, inputs.resid, strict=True)}
-            if component == "resid"
-            else model.run_with_cache(base, sites)[1]
-        )
+    if runs is None:
+        runs = _runs(model, task, component, direction)
+    base_logits, inputs = runs.base_logits, runs.inputs
+    base_cache, source_cache = runs.base_cache, runs.source_cache
     m_base = task.measure(base_logits)
     grads: dict[int, Tensor] = {}
     if blocks is not None and blocks < n_layers:
@@ -536,7 +581,9 @@ def _patch_chunk(
     if component == "heads":
         with torch.no_grad():
             attn_out = model.attention_output(0, attn_out)
-    prefix, skip_attention = _shortcuts(model, inputs, prefix, task, base_logits, attn_out)
+    prefix, skip_attention = _shortcuts(
+        model, inputs, prefix, task, base_logits, attn_out, runs.checked
+    )
     cells = _cells(model, component, per_position, n_pos)
     vocab = task.metric_tokens  # the metric reads these logits only
     device = inputs.resid[0].device

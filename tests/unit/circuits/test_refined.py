@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -155,3 +157,72 @@ def test_scattered_cells_share_passes_across_layers(component) -> None:
         patching._chunks = original
     assert any(len(layers) > 1 for layers in groups)
     torch.testing.assert_close(some[mask], full[mask], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("component", "estimate"), [("resid", "atp"), ("heads", "relp-ah")])
+def test_both_stages_share_one_base_and_one_source_run(
+    tiny_llama, mixed, monkeypatch, component, estimate
+) -> None:
+    """The estimate (its gradient pass restarts at the first differing position) equals
+    attribution patching, the exact cells equal activation patching's, and the base and the
+    source prompts each run once in full for both stages."""
+    per_position = component != "heads"
+    kwargs = {"per_position": per_position}
+    exact = activation_patching(tiny_llama, mixed, component, progress=False, **kwargs)
+    rules = None if estimate == "atp" else (lambda m: interp.gradient_rules(m, estimate))
+    first = attribution_patching(tiny_llama, mixed, component, gradient_rules=rules, **kwargs)
+    full_runs = []
+    model_type = type(tiny_llama)
+    for name in ("block_inputs", "run_with_cache"):
+        original = getattr(model_type, name)
+
+        def counting(self, inputs, *args, _original=original, **kw):
+            full_runs.append(inputs)
+            return _original(self, inputs, *args, **kw)
+
+        monkeypatch.setattr(model_type, name, counting)
+    out = refined_patching(
+        tiny_llama, mixed, component, budget=0.3, estimate=estimate, progress=False, **kwargs
+    )
+    assert len(full_runs) == 2
+    assert {id(t) for t in full_runs} == {id(mixed.clean), id(mixed.corrupt)}
+    assert 0 < out.spent <= 0.3 and math.isfinite(out.time_share)
+    paid = out.exact & (patching_costs(tiny_llama, mixed, component, **kwargs) > 0)
+    assert paid.any() and (~out.exact).any()
+    torch.testing.assert_close(out.values[out.exact], exact[out.exact], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.values[~out.exact], first[~out.exact], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("component", ["resid", "mlp", "heads"])
+def test_sized_by_time_takes_the_best_cells_first(tiny_llama, mixed, component) -> None:
+    """Measured time decides how many cells, never which: the cells patched are the best
+    ranked ones, their values activation patching's. No time is asserted."""
+    per_position = component != "heads"
+    kwargs = {"per_position": per_position}
+    exact = activation_patching(tiny_llama, mixed, component, progress=False, **kwargs)
+    estimate = refined_patching(tiny_llama, mixed, component, budget=0.0, **kwargs).values
+    costs = patching_costs(tiny_llama, mixed, component, **kwargs)
+    m_base = float(mixed.logit_diff(tiny_llama(mixed.corrupt)))
+    out = refined_patching(
+        tiny_llama, mixed, component, budget=0.5, by="time", progress=False, **kwargs
+    )
+    paid = out.exact & (costs > 0)
+    assert paid.any()  # the first chunk, at least the best cell, always runs
+    torch.testing.assert_close(out.values[out.exact], exact[out.exact], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.values[~out.exact], estimate[~out.exact], atol=1e-6, rtol=0)
+    rank = (estimate.double() - m_base).abs() / costs.clamp(min=1e-12)
+    if (~out.exact).any():
+        assert rank[~out.exact].max() <= rank[paid].min()
+    assert out.seconds > 0 and out.time_share > 0
+    ends = [
+        refined_patching(tiny_llama, mixed, component, budget=b, by="time", **kwargs)
+        for b in (0, 1)
+    ]
+    assert not (ends[0].exact & (costs > 0)).any()
+    assert ends[1].exact.all()
+    torch.testing.assert_close(ends[1].values, exact, atol=1e-5, rtol=0)
+
+
+def test_refined_bad_size_by(tiny_llama, mixed) -> None:
+    with pytest.raises(interp.InterpError, match="by"):
+        refined_patching(tiny_llama, mixed, by="money")
