@@ -29,7 +29,7 @@ from typing import Any, get_args
 import typer
 from typer.core import TyperGroup
 
-from circuits import METHODS, METRICS
+from circuits import METHODS, METRICS, parse_memory
 from circuits._options import Ablation, Selection
 from circuits._tasks import read_task_file
 from interp import (
@@ -38,6 +38,7 @@ from interp import (
     RULE_SETS,
     CircuitGraph,
     InterpError,
+    TransformerModel,
     check_option,
     did_you_mean,
     load_model,
@@ -45,7 +46,7 @@ from interp import (
 )
 
 KINDS = ("input", "resid", "attn", "mlp", "logits")
-LARGE_N_PROMPTS = 1024  # above this, a warning: one batch of prompts, memory and time grow with it
+LARGE_N_PROMPTS = 1024  # above this, a warning: time grows with the prompts
 INTERRUPTED = 130
 
 
@@ -162,8 +163,8 @@ def _check_n_prompts(n_prompts: int | None) -> None:
     _at_least("--n-prompts", n_prompts)
     if n_prompts is not None and n_prompts > LARGE_N_PROMPTS:
         _warn(
-            f"--n-prompts {n_prompts} is large: the prompts run as one batch, so memory and "
-            "time grow with it (the README's results use 8 to 16)."
+            f"--n-prompts {n_prompts} is large: time grows with it (memory does not: prompts "
+            "run in chunks that fit --max-memory); the README's results use 8 to 32."
         )
 
 
@@ -223,20 +224,44 @@ def _check_task_source(task: str, split: str | None) -> None:
     read_task_file(task)
 
 
+def _max_memory(value: str | None) -> dict[str, int]:
+    """``--max-memory`` as the methods' keyword (none when not given, so the toolkit's default
+    applies and checkpoints of sweeps run without it still match), checked before any load."""
+    if value is None:
+        return {}
+    try:
+        return {"max_memory": parse_memory(value)}
+    except InterpError as err:
+        raise InterpError(str(err).replace("max_memory", "--max-memory", 1)) from None
+
+
+MAX_MEMORY_HELP = (
+    "Working memory the method's chunks of prompts may hold, e.g. 2GB or 512MB (binary units; "
+    "default 1GB); the model's own weights come on top."
+)
+
+
 def _tokenizer(model: str) -> Any:
     """The model's tokenizer and sizes, loaded without the weights, to check prompts with."""
     typer.echo(f"checking the inputs with the tokenizer of {model} ...", err=True)
     return load_tokenizer(model)
 
 
-def _check_gap(model: Any, task: Any) -> None:
+def _check_gap(model: Any, task: Any, memory: dict[str, int] | None = None) -> None:
     """The clean and corrupted runs must differ in the task's metric: attribution scores and
-    faithfulness are both read relative to that gap (one forward pass each)."""
+    faithfulness are both read relative to that gap (one forward pass each, over prompt chunks
+    that fit ``--max-memory``)."""
     import torch
 
-    with torch.no_grad():
-        clean = float(task.measure(model(task.clean)))
-        corrupt = float(task.measure(model(task.corrupt)))
+    from circuits._edges import chunked_metric
+
+    if isinstance(model, TransformerModel):
+        clean = chunked_metric(model, task, "clean", **(memory or {}))
+        corrupt = chunked_metric(model, task, "corrupt", **(memory or {}))
+    else:  # any callable from tokens to logits: one pass each
+        with torch.no_grad():
+            clean = float(task.measure(model(task.clean)))
+            corrupt = float(task.measure(model(task.corrupt)))
     if not (math.isfinite(clean) and math.isfinite(corrupt)):
         raise InterpError(
             f"The task's {task.metric_name} is not finite on this model (clean {clean}, "
@@ -347,15 +372,19 @@ def _task(
     seed: int,
     split: str | None = None,
     metric: str | None = "logit_diff",
+    memory: dict[str, int] | None = None,
 ) -> Any:
     """The task on a model, or (``metric=None``) on its tokenizer alone, to check the prompts."""
-    from circuits import ioi_task, task_from_jsonl
+    from circuits import KLToClean, ioi_task, task_from_jsonl
+    from circuits._metrics import _clean_log_probs
 
     _check_task_source(task, split)
     if task == "ioi":
         built = ioi_task(model, n_prompts, seed=seed, split=split)
     else:
         built = task_from_jsonl(model, task)
+    if metric == "kl":  # its clean reference runs over prompt chunks that fit --max-memory
+        return built.with_metric(KLToClean(_clean_log_probs(model, built, **(memory or {}))))
     return built if metric is None else built.with_metric(metric, model)
 
 
@@ -396,6 +425,7 @@ def _run_discovery(
     held_out: bool = False,
     ray: str | None = None,
     checkpoint: Path | None = None,
+    max_memory: str | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Check everything, then discover, select the circuit, and measure its faithfulness: on
     the same prompts, or with ``held_out`` on the other IOI half (the task is then found on the
@@ -403,20 +433,21 @@ def _run_discovery(
     from circuits import RayExecutor, discover, faithfulness, select_circuit
 
     split = "train" if held_out else split
+    memory = _max_memory(max_memory)
     tokens = _check_discovery(
         model_name, task_name, method, level, n_prompts, top, seed, split, metric
     )
     if held_out:
         _task(tokens, task_name, 2 * n_prompts, seed, HELD_OUT[split], None)
     model = _load(model_name)
-    task = _task(model, task_name, n_prompts, seed, split, metric)
-    _check_gap(model, task)
+    task = _task(model, task_name, n_prompts, seed, split, metric, memory)
+    _check_gap(model, task, memory)
     typer.echo(
         f"task {task.name}: {len(task)} prompt pairs; running {method} ({level} level) ...",
         err=True,
     )
     executor = None if ray is None else RayExecutor(address=ray)
-    graph = discover(model, task, method, level, executor=executor, checkpoint=checkpoint)
+    graph = discover(model, task, method, level, executor=executor, checkpoint=checkpoint, **memory)
     k = min(top, graph.n_ranked(level))
     if level == "edge":
         circuit = select_circuit(graph, k, selection)
@@ -424,10 +455,10 @@ def _run_discovery(
         circuit = graph.top(k, level="node", absolute=selection.endswith("abs"))
     _warn_if_empty(circuit, f"none of the top {k} {level}s")
     if held_out:
-        task = _task(model, task_name, 2 * n_prompts, seed, HELD_OUT[split], metric)
-        _check_gap(model, task)
+        task = _task(model, task_name, 2 * n_prompts, seed, HELD_OUT[split], metric, memory)
+        _check_gap(model, task, memory)
     typer.echo(f"measuring faithfulness on {len(task)} prompt pairs ...", err=True)
-    result = faithfulness(model, circuit, task)
+    result = faithfulness(model, circuit, task, **memory)
     circuit = circuit.copy(
         meta={
             **circuit.meta,
@@ -508,6 +539,7 @@ def discover(
         help="Keep every finished shard of the sweep in this folder: the same command after an "
         "interruption (Ctrl-C, kill -9) runs only what is missing, with the identical result.",
     ),
+    max_memory: str = typer.Option(None, "--max-memory", metavar="SIZE", help=MAX_MEMORY_HELP),
 ) -> None:
     """Discover a circuit, measure its faithfulness and write it out."""
     start = time.perf_counter()
@@ -526,6 +558,7 @@ def discover(
         selection.value,
         ray=ray,
         checkpoint=checkpoint,
+        max_memory=max_memory,
     )
     seconds = time.perf_counter() - start
     _write(out, circuit.to_json)
@@ -593,6 +626,7 @@ def evaluate(
     metric: str = typer.Option(
         None, help=METRIC_HELP.rstrip(".") + " (default: the circuit's own metric)."
     ),
+    max_memory: str = typer.Option(None, "--max-memory", metavar="SIZE", help=MAX_MEMORY_HELP),
 ) -> None:
     """Print the faithfulness of a stored circuit (or, with --sweep, MIB's table of sizes)."""
     from circuits import evaluate as evaluate_graph
@@ -608,6 +642,7 @@ def evaluate(
         )
     _check_n_prompts(n_prompts)
     _check_output(png, "--png")
+    memory = _max_memory(max_memory)
     n_prompts = n_prompts if n_prompts is not None else int(g.meta.get("n_prompts", 16))
     seed = seed if seed is not None else int(g.meta.get("seed", 0))
     stored = HELD_OUT.get(g.meta.get("split")) if task == "ioi" else None
@@ -620,8 +655,8 @@ def evaluate(
     _task(tokens, task, n_prompts, seed, chosen, None)
     loaded = _load(model)
     _check_graph_fits(g, loaded.spec.name, loaded.spec.n_layers, loaded.spec.n_heads)
-    the_task = _task(loaded, task, n_prompts, seed, chosen, metric)
-    _check_gap(loaded, the_task)
+    the_task = _task(loaded, task, n_prompts, seed, chosen, metric, memory)
+    _check_gap(loaded, the_task, memory)
     typer.echo(
         f"task {the_task.name}: {len(the_task)} prompt pairs, seed {seed}"
         + (f", {chosen} split" if chosen else ""),
@@ -629,7 +664,7 @@ def evaluate(
     )
     if sweep:
         result = evaluate_graph(
-            loaded, g, the_task, selection=selection.value, ablation=ablation.value
+            loaded, g, the_task, selection=selection.value, ablation=ablation.value, **memory
         )
         typer.echo(result.summary())
         if png is not None:
@@ -639,7 +674,7 @@ def evaluate(
     if top is not None:
         g = g.top(top, level=level.value)
     _warn_if_empty(g, f"none of the top {top} {level.value}s" if top else "no edge of the file")
-    result = faithfulness(loaded, g, the_task, ablation=ablation.value)
+    result = faithfulness(loaded, g, the_task, ablation=ablation.value, **memory)
     typer.echo(
         f"faithfulness {result['faithfulness']:.4f}  (circuit {metric} {result['metric']:.4f}; "
         f"clean {result['clean']:.4f}; {'corrupted' if ablation.value == 'corrupt' else 'empty'} "
@@ -666,6 +701,7 @@ def demo(
     n_prompts: int = typer.Option(32, help="IOI prompt pairs to discover on (twice as many test)."),
     top: int = typer.Option(6000, help="Edges to keep (SmolLM2-135M has 123,211)."),
     out: Path = typer.Option(Path("out"), help="Folder for the circuit files."),
+    max_memory: str = typer.Option(None, "--max-memory", metavar="SIZE", help=MAX_MEMORY_HELP),
 ) -> None:
     """IOI circuit discovery on the embedded model; writes the circuit as JSON, PNG and HTML.
 
@@ -674,7 +710,7 @@ def demo(
     start = time.perf_counter()
     _check_output(out, "--out", folder=True)
     loaded, circuit, result = _run_discovery(
-        model, "ioi", method, "edge", n_prompts, top, 0, held_out=True
+        model, "ioi", method, "edge", n_prompts, top, 0, held_out=True, max_memory=max_memory
     )
     prompt = DEMO_PROMPT
     typer.echo(

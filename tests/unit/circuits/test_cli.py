@@ -244,3 +244,43 @@ def test_evaluate_sweep_prints_mibs_table(tmp_path, tiny_gpt2) -> None:
         app, ["evaluate", str(out), "--model", "tiny-gpt2", "--sweep", "--top", "5"]
     )
     assert both.exit_code == 1 and "drop --top" in both.output
+
+
+def test_max_memory_reaches_every_chunked_pass_and_changes_no_result(tmp_path, monkeypatch):
+    """--max-memory sizes the chunks of discovery, faithfulness, the kl metric's reference and
+    the gap check (every MemoryBudget made gets it), and the circuit and its metrics are those
+    of the default budget, where all four prompts run in one pass."""
+    from circuits._memory import MemoryBudget
+
+    budgets = []
+    made = MemoryBudget.__init__
+
+    def spy(self, model, max_memory=None):
+        budgets.append(max_memory)
+        made(self, model, max_memory)
+
+    monkeypatch.setattr(MemoryBudget, "__init__", spy)
+    args = ["discover", "--model", "tiny-gpt2", "--method", "eap-ig", "--n-prompts", "4"]
+    args += ["--top", "20", "--metric", "kl", "--json-summary"]
+    small = runner.invoke(app, [*args, "--out", str(tmp_path / "s.json"), "--max-memory", "256KB"])
+    assert small.exit_code == 0, small.output
+    assert budgets and set(budgets) == {256 * 2**10}, budgets
+    budgets.clear()
+    default = runner.invoke(app, [*args, "--out", str(tmp_path / "d.json")])
+    assert default.exit_code == 0, default.output
+    assert 256 * 2**10 not in budgets
+    ours, theirs = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (small, default))
+    # KL values of order 1e-4: their faithfulness (a ratio of two) is compared through them
+    for key in ("metric", "clean", "corrupt"):
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-7), key
+    a, b = (CircuitGraph.from_json(tmp_path / f) for f in ("s.json", "d.json"))
+    torch.testing.assert_close(a.edge_scores, b.edge_scores, atol=1e-5, rtol=0, equal_nan=True)
+    assert torch.equal(a.edge_in_graph, b.edge_in_graph)
+    budgets.clear()
+    evaluate = ["evaluate", str(tmp_path / "s.json"), "--model", "tiny-gpt2", "--metric"]
+    evaluate.append("logit_diff")
+    small = runner.invoke(app, [*evaluate, "--max-memory", "256KB"])
+    assert small.exit_code == 0, small.output
+    assert set(budgets) == {256 * 2**10}, budgets
+    default = runner.invoke(app, evaluate)
+    assert small.stdout == default.stdout and "faithfulness" in small.stdout

@@ -86,6 +86,10 @@ DISCOVER_CASES = [
     (["--model", "{d}/missing.gguf"], "No model file or directory"),
     (["--model", "{d}/a_file"], "is a file but not a .gguf file"),
     (["--model", "{d}"], "has no config.json"),
+    (["--max-memory", "2XB"], "--max-memory must look like '2GB', '512MB' or '1.5GiB'"),
+    (["--max-memory", "0"], "--max-memory must be at least 1 byte; got '0'"),
+    (["--max-memory", "-1GB"], "--max-memory must look like"),
+    (["--max-memory", ""], "--max-memory must look like"),
 ]
 
 
@@ -162,6 +166,9 @@ def test_other_commands_refuse_bad_arguments(files) -> None:
         (["evaluate", graph, "--model", "tiny-gpt2", "--sweep", "--png", str(files)], "directory"),
         (["demo", "--model", "tiny-gpt2", "--out", str(files / "a_file")], "is a file; it names a folder"),
         (["demo", "--model", "tiny-gpt2", "--top", "0"], "--top must be at least 1"),
+        (["demo", "--model", "tiny-gpt2", "--max-memory", "lots"], "--max-memory must look like"),
+        (["evaluate", graph, "--model", "tiny-gpt2", "--max-memory", "1 G B"], "--max-memory must"),
+        (["evaluate", graph, "--model", "tiny-gpt2", "--max-memory", "0.1"], "at least 1 byte"),
         (["bogus-command"], "No such command 'bogus-command'"),
     ]  # fmt: skip
     for args, message in cases:
