@@ -73,12 +73,15 @@ def profile_row(name: str, fn: Callable[[], Any], seconds: float, top: int = 12)
     table goes to ``out/bench/profile_<row>.txt``, its top ``top`` lines are printed."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         fn()
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+    shapes = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=25
+    )
     PROFILES.mkdir(parents=True, exist_ok=True)
     path = PROFILES / f"profile_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.txt"
-    path.write_text(f"{name}: {seconds:.2f} s unprofiled\n{table}")
+    path.write_text(f"{name}: {seconds:.2f} s unprofiled\n{table}\nby input shape:\n{shapes}")
     lines = table.splitlines()
     print(f"\nprofile of ours, {name} ({seconds:.1f} s unprofiled; full table in {path}):")
     print("\n".join(lines[: top + 3]))
