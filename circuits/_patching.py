@@ -411,7 +411,8 @@ def _shortcuts(
     """The shortcuts a patched pass may take, as ``(prefix, skip_attention)``: restarting at a
     later position (``prefix.first``) and handing block 0 its attention output (``attn_out``;
     ``None`` when the component does not use it), kept only if the base run comes back with
-    them, else dropped with a warning (``checked``: a restart position already shown to).
+    them, else dropped with a warning. ``checked``: a restart position an earlier pass already
+    showed to reproduce the base run (without an attention output given), not checked again.
 
     Restarting at a later position needs every layer's keys and values from the recorded run;
     attentions that take no KV cache (TransformerLens-native models) record none, so it is not
