@@ -152,6 +152,8 @@ def from_hf(
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    if isinstance(device, DeviceMap):  # placed before the boot, which reads hf_device_map
+        hf_model, device = device.dispatch(hf_model), None
     device = _check_device(device)
     hf_model.eval()
     # The bridge rewires the HF model in place; keep its config and (shared, not copied)
@@ -159,10 +161,15 @@ def from_hf(
     source = HFSource(
         hf_model.config, dict(hf_model.state_dict()), tokenizer, architecture_name or name
     )
-    with _quiet():
-        bridge = TransformerBridge.boot_transformers(
-            architecture_name or name, hf_model=hf_model, tokenizer=tokenizer
-        )
+    try:
+        with _quiet():
+            bridge = TransformerBridge.boot_transformers(
+                architecture_name or name, hf_model=hf_model, tokenizer=tokenizer
+            )
+    except ValueError as err:
+        if getattr(hf_model, "hf_device_map", None) is None:
+            raise
+        raise ModelLoadError(f"The bridge refused the device map: {err}") from None
     if device is not None:
         try:
             bridge.to(device)
@@ -173,6 +180,69 @@ def from_hf(
     model = TransformerModel(bridge, spec_from_bridge(bridge, name))
     model.hf_source = source
     return model
+
+
+DEVICE_MAP_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+@dataclass(frozen=True)
+class DeviceMap:
+    """Where each module of a Hugging Face model goes: a dict of module names to devices (as
+    ``from_pretrained(device_map=...)`` takes it) or one of accelerate's strategies
+    (:data:`DEVICE_MAP_NAMES`), applied by accelerate's ``dispatch_model`` before the bridge
+    boots, so the TransformerLens bridge sees the model's ``hf_device_map`` (its own
+    ``device_map`` / ``n_devices`` support) and sets ``cfg.device`` and ``cfg.n_devices``."""
+
+    spec: str | dict[str, Any]
+
+    @classmethod
+    def check(cls, device_map: Any) -> DeviceMap:
+        if isinstance(device_map, str) and device_map in DEVICE_MAP_NAMES:
+            return cls(device_map)
+        if isinstance(device_map, dict) and device_map:
+            for module, where in device_map.items():
+                if not isinstance(module, str) or str(where).lower() in ("disk", "meta"):
+                    break
+                try:
+                    torch.device(where)
+                except (RuntimeError, TypeError):
+                    break
+            else:
+                return cls(dict(device_map))
+        raise ModelLoadError(
+            f"device_map must be one of {', '.join(map(repr, DEVICE_MAP_NAMES))} or a non-empty "
+            "dict of module names to devices (e.g. {'model.layers.0': 'cuda:0', ...}; no disk "
+            f"or meta offload); got {device_map!r}."
+        )
+
+    def dispatch(self, hf_model: torch.nn.Module) -> torch.nn.Module:
+        from accelerate import dispatch_model, infer_auto_device_map
+        from accelerate.utils import get_balanced_memory
+
+        device_map = self.spec
+        if isinstance(device_map, str):
+            no_split = list(getattr(hf_model, "_no_split_modules", None) or [])
+            memory = None
+            if device_map != "sequential":
+                memory = get_balanced_memory(
+                    hf_model, no_split_module_classes=no_split, low_zero=device_map.endswith("0")
+                )
+            device_map = infer_auto_device_map(
+                hf_model, max_memory=memory, no_split_module_classes=no_split
+            )
+        try:
+            # a dict places every module with accelerate's hooks, even where all of it is on
+            # one device (a split of one machine's 'cpu' runs the code path of a real split)
+            with _quiet_logger("accelerate.big_modeling", set(device_map.values()) == {"cpu"}):
+                # (it warns of parameters 'offloaded to the cpu' wherever a map names the
+                # cpu; a map of the cpu alone offloads nothing)
+                return dispatch_model(
+                    hf_model, device_map=device_map, force_hooks=isinstance(self.spec, dict)
+                )
+        except (ValueError, KeyError, RuntimeError, AssertionError) as err:
+            raise ModelLoadError(
+                f"Cannot place the model by device_map {self.spec!r}: {err}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -247,8 +317,14 @@ def ungroup_gqa(model: TransformerModel) -> TransformerModel:
         hf_model.load_state_dict(
             {key: state[key] for key in hf_model.state_dict()}, strict=True, assign=True
         )
+    # a model split over devices is split alike (the repeated projections stay where theirs are)
+    placed = getattr(model.bridge.__dict__.get("original_model"), "hf_device_map", None)
     ungrouped = from_hf(
-        hf_model, source.tokenizer, name=spec.name, architecture_name=source.architecture_name
+        hf_model,
+        source.tokenizer,
+        name=spec.name,
+        architecture_name=source.architecture_name,
+        device=None if placed is None else DeviceMap(dict(placed)),
     )
     return ungrouped
 
@@ -308,6 +384,21 @@ def _ungroup_native(model: TransformerModel) -> TransformerModel:
     for p in new.parameters():
         p.requires_grad_(False)
     return TransformerModel(new, dataclasses.replace(spec, n_kv_heads=spec.n_heads))
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, quiet: bool = True) -> Iterator[None]:
+    """Only errors from the named logger while inside (when ``quiet``)."""
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -867,6 +958,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     seed: int = 0,
+    device_map: str | dict[str, Any] | None = None,
     **config_overrides: Any,
 ) -> TransformerModel:
     """Load a transformer as a hooked :class:`TransformerModel`.
@@ -883,6 +975,12 @@ def load_model(
     device : str or torch.device, optional
     seed : int
         Initialisation seed of the random test models.
+    device_map : str or dict, optional
+        Split the model over devices, for models larger than one: ``"auto"``, ``"balanced"``,
+        ``"balanced_low_0"``, ``"sequential"`` (accelerate's strategies) or a dict of module
+        names (Hugging Face's) to devices. The bridge then runs each block where its weights
+        are (``model.bridge.cfg.n_devices``); token ids go to the embedding's device and the
+        logits come out on the last block's. Not with ``device``.
     **config_overrides
         Config fields of the random test models (e.g. ``n_layer=3``).
 
@@ -908,6 +1006,13 @@ def load_model(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ModelLoadError(f"seed must be an int; got {seed!r}.")
     device = _check_device(device)
+    if device_map is not None:
+        if device is not None:
+            raise ModelLoadError(
+                "device and device_map are exclusive: device puts the whole model on one "
+                "device, device_map splits it; pass one."
+            )
+        device = DeviceMap.check(device_map)
     entry, path = _resolve(name, config_overrides)
     if entry is not None:
         model = entry.loader(dtype=dtype, device=device, seed=seed, **config_overrides)
@@ -917,6 +1022,8 @@ def load_model(
         model = _load_hub(name, dtype=dtype, device=device)
     # the arguments that load this model again, in another process (a Ray worker)
     model.loaded_with = {"name": name, "dtype": dtype, "device": device, "seed": seed}
+    if device_map is not None:
+        model.loaded_with.update(device=None, device_map=device_map)
     model.loaded_with.update(config_overrides)
     return model
 
