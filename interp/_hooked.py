@@ -579,8 +579,20 @@ class TransformerModel(HookedModel):
 
     @property
     def device(self) -> torch.device:
-        """Where the model's weights are (token ids given to it are moved there)."""
+        """Where the model's weights are (token ids given to it are moved there); for a model
+        split over devices, the first's (that of the embedding)."""
         return next(self.bridge.parameters()).device
+
+    @property
+    def output_device(self) -> torch.device:
+        """Where the logits come out: :attr:`device` unless the model is split over devices
+        (``load_model(..., device_map=...)``), then the device of its last module (the
+        unembedding). Methods keep their accumulators here."""
+        placed = getattr(self.bridge.__dict__.get("original_model"), "hf_device_map", None)
+        if not placed:
+            return self.device
+        last = list(placed.values())[-1]
+        return torch.device(f"cuda:{last}" if isinstance(last, int) else last)
 
     def prepare(self, inputs: Any) -> Any:
         """Token ids of shape (batch, pos) on the model's device, from a prompt, a list of

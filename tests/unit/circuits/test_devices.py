@@ -81,6 +81,8 @@ def test_a_dict_map_places_every_module_with_accelerates_hooks(tiny_llama) -> No
     ]
     assert len(hooked) > 10
     assert placed.bridge.cfg.n_devices == 1 and placed.loaded_with["device_map"] is not None
+    assert placed.output_device == placed.device == torch.device("cpu")
+    assert tiny_llama.output_device == tiny_llama.device
     # the ungrouped copy that edge methods run on is split alike
     assert interp.ungrouped(placed).bridge.original_model.hf_device_map == hf_model.hf_device_map
     same_results(tiny_llama, placed, atol=1e-6)
@@ -102,6 +104,9 @@ def test_auto_places_the_model_where_it_fits(tiny_gpt2) -> None:
 def test_a_model_split_over_two_gpus_gives_the_results_of_one_device(tiny_llama) -> None:
     placed = interp.load_model("tiny-llama", device_map=split(("cuda:0", "cuda:1")))
     assert placed.bridge.cfg.n_devices == 2
+    assert placed.device == torch.device("cuda:0") and placed.output_device == torch.device(
+        "cuda:1"
+    )
     same_results(tiny_llama, placed, atol=1e-4)
 
 
