@@ -4,7 +4,9 @@ For EAP-IG (edges, 5 steps over the inputs) and activation patching (heads) on S
 (the embedded model) with 8, 32, 128 and 512 IOI prompts by default. Each size runs in a fresh
 subprocess, so every peak (the child's ``ru_maxrss``, from ``os.wait4``) is the whole
 process: Python, torch, the model and its ungrouped copy, and the method's
-working memory. Flat peaks mean the methods stream over prompts.
+working memory. Flat peaks mean the methods stream over prompts. Time per prompt is given as
+wall seconds and as the child's CPU seconds (steadier on a shared machine), with the load
+average when each size ended.
 
     python benchmarks/memory.py                          # all sizes, both methods
     python benchmarks/memory.py --sizes 8 32 --methods eap-ig --max-memory 1GB
@@ -36,14 +38,16 @@ def child(method: str, model_name: str, n: int, max_memory: str | None) -> None:
     loaded = time.perf_counter()
     task = ioi_task(model, n, seed=0)
     options = {} if max_memory is None else {"max_memory": max_memory}
-    run = time.perf_counter()
+    run, cpu = time.perf_counter(), time.process_time()
     discover(model, task, method, "edge" if method == "eap-ig" else "node", **options)
-    done = time.perf_counter()
+    done, cpu_done = time.perf_counter(), time.process_time()
     print(
         json.dumps(
             {
                 "load_s": loaded - start,
                 "method_s": done - run,
+                # CPU seconds of this process: on a shared machine, wall time measures the load
+                "method_cpu_s": cpu_done - cpu,
                 "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             }
         )
@@ -80,13 +84,17 @@ def main() -> None:
         child(args.child, args.model, args.sizes[0], args.max_memory)
         return
     print(f"{args.model}, max_memory={args.max_memory or 'default'}")
-    print(f"{'method':<22}{'prompts':>8}{'peak RSS GB':>13}{'s/prompt':>10}{'load s':>8}")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(
+        f"{'method':<22}{'prompts':>8}{'peak RSS GB':>13}{'s/prompt':>10}{'cpu s/prompt':>14}"
+        f"{'load s':>8}{'load avg':>10}"
+    )
     for method in args.methods:
         for n in args.sizes:
             r = measure(method, args.model, n, args.max_memory)
             print(
                 f"{method:<22}{n:>8}{r['peak_gb']:>13.2f}{r['method_s'] / n:>10.3f}"
-                f"{r['load_s']:>8.1f}",
+                f"{r['method_cpu_s'] / n:>14.3f}{r['load_s']:>8.1f}{os.getloadavg()[0]:>10.2f}",
                 flush=True,
             )
 
