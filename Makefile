@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-done
 TORCH := torch==2.13.0
 OUT ?= out
 
-.PHONY: setup demo test lint bench lab clean
+.PHONY: setup demo test lint bench lab notebooks clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,10 @@ bench: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab tutorials
+
+# run every tutorial and store it with its outputs (tables and plots; progress bars left out)
+notebooks: $(STAMP)
+	$(BIN)/python tutorials/execute.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .hypothesis .import_linter_cache
