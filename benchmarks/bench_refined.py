@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     with contextlib.suppress(argparse.ArgumentError):  # the shared parser may offer it
         p.add_argument("--quick", action="store_true", help="a smaller run")
-    p.add_argument("--max-exact", type=int, default=64, help="largest task patched exactly")
+    p.add_argument("--max-exact", type=int, default=32, help="largest task patched exactly")
     p.add_argument("--budget", type=float, default=0.05)
     p.add_argument("--estimate", default="relp-ah")
     p.add_argument("--by", default="time", choices=["time", "cost"])
