@@ -304,8 +304,12 @@ def main() -> None:
 def compare(row: str, ours, got: dict, model) -> str:
     """The largest difference between our values and a peer's for one row, as text."""
     if row in ("eap", "eap_ig"):
-        diff, scale = score_diff(edge_scores(ours), got["scores"])
-        return f"{diff:.1e} (of {scale:.1e})"
+        mine = edge_scores(ours)
+        diff, scale = score_diff(mine, got["scores"])
+        names = sorted(mine)
+        pair = torch.tensor([[mine[n] for n in names], [got["scores"][n] for n in names]])
+        r = abs(torch.corrcoef(pair.double())[0, 1].item())
+        return f"{diff:.1e} (of {scale:.1e}; r {r:.3f})"
     if row == "faith":
         theirs = torch.tensor(got["metric"], dtype=torch.float64)
         mine = torch.tensor(ours["metric"].tolist(), dtype=torch.float64)
