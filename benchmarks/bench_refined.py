@@ -6,9 +6,10 @@ their ratio, and the Pearson r of refined patching's values against the exact on
 target: ratio <= 0.05 and, on the residual stream, r >= 0.9, at every size from 4 to 64 pairs.
 
 Activation patching of the largest tasks takes long on a CPU: ``--max-exact`` caps the pairs it
-runs on; above it ``t_exact`` is extrapolated from the two largest measured sizes (a power law
-in the pairs, marked ``~``) and r cannot be computed. Times include every run each method
-makes; the load average is printed with the table, since both share the machine with others.
+runs on; above it ``t_exact`` is extrapolated from every measured size (a power law in the
+pairs fitted in log-log, marked ``~``) and r cannot be computed. Times include every run each
+method makes; the load average is printed with the table, since both share the machine with
+others.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def extrapolate(measured: dict[int, float], n: int) -> float:
-    """``t(n)`` from a power law through the two largest measured sizes."""
-    (n0, t0), (n1, t1) = sorted(measured.items())[-2:]
-    slope = math.log(t1 / t0) / math.log(n1 / n0)
-    return t1 * (n / n1) ** slope
+    """``t(n)`` from a power law fitted (least squares in log-log) to every measured size."""
+    x = torch.tensor([math.log(k) for k in measured], dtype=torch.float64)
+    y = torch.tensor([math.log(t) for t in measured.values()], dtype=torch.float64)
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    return math.exp(float(y.mean()) + slope * (math.log(n) - float(x.mean())))
 
 
 def main() -> None:
