@@ -432,10 +432,10 @@ def embedded_gguf() -> Path:
 
 # Dequantising a GGUF file takes 20-60 s; later loads in the same process rebuild the model (a
 # fresh model object every time, so callers never share one) from the dequantised weights that
-# the first load wrote to a temporary file, removed at exit. They are read back memory-mapped
+# the first load wrote to an anonymous temporary file. They are read back memory-mapped
 # and copied, so the cache holds no resident memory: the in-memory copy it replaces cost
 # 0.65 GB of RSS for SmolLM2-135M (more than its 0.54 GB of weights).
-_GGUF_WEIGHTS: dict[tuple[str, torch.dtype], tuple[Any, Path]] = {}
+_GGUF_WEIGHTS: dict[tuple[str, torch.dtype], tuple[Any, Any]] = {}
 
 
 _GGUF_TOKENIZERS: dict[str, Any] = {}
@@ -486,19 +486,17 @@ def _dequantised(path: Path, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def _cache_gguf_state(key: tuple[str, torch.dtype], hf_model: torch.nn.Module) -> None:
-    """Write a dequantised model's weights to a temporary file for later loads in this process
-    (tied weights stay one tensor); where the file cannot be written, later loads dequantise."""
-    import atexit
+    """Write a dequantised model's weights to an anonymous temporary file (unlinked as it is
+    made, so the system frees it when the process ends, however it ends) for later loads in
+    this process; tied weights stay one tensor. Where it cannot be written, later loads
+    dequantise."""
     import tempfile
 
-    fd, name = tempfile.mkstemp(prefix="interp-gguf-", suffix=".pt")
-    os.close(fd)
-    file = Path(name)
-    atexit.register(file.unlink, missing_ok=True)
     try:
+        file = tempfile.TemporaryFile(prefix="interp-gguf-")  # noqa: SIM115 (kept open: the cache)
         torch.save(hf_model.state_dict(), file)
+        file.flush()
     except (OSError, RuntimeError):  # e.g. a full disk: no cache, nothing else changes
-        file.unlink(missing_ok=True)
         return
     _GGUF_WEIGHTS[key] = (hf_model.config, file)
 
@@ -511,8 +509,15 @@ def _gguf_from_cache(key: tuple[str, torch.dtype], dtype: torch.dtype) -> torch.
         return None
     config, file = _GGUF_WEIGHTS[key]
     try:
-        state = torch.load(file, mmap=True, weights_only=True)
-    except (OSError, RuntimeError):  # the file went away (a cleaned /tmp): dequantise again
+        # memory-mapped through the open descriptor where the system names one (Linux), so
+        # the weights are copied from the page cache, not read into memory first
+        by_name = Path(f"/proc/self/fd/{file.fileno()}")
+        if by_name.exists():
+            state = torch.load(by_name, mmap=True, weights_only=True)
+        else:
+            file.seek(0)
+            state = torch.load(file, weights_only=True)
+    except (OSError, RuntimeError, ValueError):  # e.g. the file was closed: dequantise again
         del _GGUF_WEIGHTS[key]
         return None
     with _no_init():  # every weight is overwritten below
