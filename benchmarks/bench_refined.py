@@ -49,6 +49,12 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=0.05)
     p.add_argument("--estimate", default="relp-ah")
     p.add_argument("--by", default="time", choices=["time", "cost"])
+    p.add_argument(
+        "--max-memory",
+        default=None,
+        help="both methods' working memory, e.g. 2GB (refined patching shares its runs "
+        "between its stages only when every prompt's runs fit in one chunk)",
+    )
     args = p.parse_args()
     sizes = [4, 8] if args.quick else args.sizes  # quick: small sizes only
     model = load(args)
@@ -67,6 +73,7 @@ def main() -> None:
         task = ioi_task(model, n, seed=0, split="test").to(model.device)
         for component, per_position in COMPONENTS:
             kwargs = {"per_position": per_position, "progress": False}
+            kwargs["max_memory"] = args.max_memory
             costs = patching_costs(model, task, component, per_position=per_position)
             refined, t_refined = timed(
                 lambda c=component, kw=kwargs, t=task: refined_patching(
