@@ -41,6 +41,7 @@ from interp import (
 
 from ._edges import check_layout, chunked_metric, prepare_edge_model
 from ._memory import MemoryBudget, check_count, prompt_chunks
+from ._metrics import KLToClean, _clean_log_probs
 from ._tasks import Task
 
 __all__ = ["edge_pruning", "masked_metric"]
@@ -266,7 +267,9 @@ def edge_pruning(
         log_alpha = torch.full((len(layout.edge_src),), FULL_LOG_ALPHA)
     log_alpha = log_alpha.to(device).requires_grad_(True)
     lambdas = torch.zeros(2, device=device, requires_grad=True)
-    measured = task.with_metric("kl", edge_model) if objective == "kl" else task
+    # the clean reference of the kl objective runs in chunks of the same memory budget
+    kl = KLToClean(_clean_log_probs(edge_model, task, max_memory)) if objective == "kl" else None
+    measured = task.with_metric(kl) if kl is not None else task
     # one pass holds every prompt: its corrupted run is kept for all steps
     sources = (
         {0: _corrupted_writers(edge_model, layout, task)} if prompts_per_pass >= len(task) else {}
