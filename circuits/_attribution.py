@@ -226,9 +226,14 @@ def attribution_patching(
 
 
 def _stack_writers(layout: GraphLayout, acts: dict[str, Tensor]) -> Tensor:
-    """(n, pos, writers, d_model): every writer's activation, in layout order."""
+    """(n, pos, writers, d_model): every writer's activation, in layout order, on the first
+    writer's device (writers may be spread over devices by a device map)."""
+    device = acts[layout.writer_groups[0].site].device
     return torch.cat(
-        [acts[g.site] if g.per_head else acts[g.site][:, :, None] for g in layout.writer_groups],
+        [
+            (acts[g.site] if g.per_head else acts[g.site][:, :, None]).to(device)
+            for g in layout.writer_groups
+        ],
         dim=2,
     )
 
@@ -249,12 +254,13 @@ def _accumulate(
     flat = deltas.permute(0, 1, 3, 2).reshape(-1, layout.n_writers).to(wide)
     for g in layout.reader_groups:
         grad = grads[g.site] if g.per_head else grads[g.site][:, :, None]
-        grad = grad.permute(2, 0, 1, 3).reshape(len(g.index), -1).to(wide)
+        grad = grad.permute(2, 0, 1, 3).reshape(len(g.index), -1).to(flat.device, wide)
         block = grad @ flat[:, : g.n_prior]
-        edges[list(g.index), : g.n_prior] += weight * block.to(edges.dtype)
+        edges[list(g.index), : g.n_prior] += weight * block.to(edges.device, edges.dtype)
     del flat
     writer_grads = _stack_writers(layout, grads)
-    nodes += weight * (deltas.to(nodes.dtype) * writer_grads.to(nodes.dtype)).sum((0, 1, 3))
+    products = deltas.to(nodes.device, nodes.dtype) * writer_grads.to(nodes.device, nodes.dtype)
+    nodes += weight * products.sum((0, 1, 3))
 
 
 def _edge_matrix(
@@ -296,8 +302,9 @@ def _edge_matrix(
 
 
 def _accumulators(model: TransformerModel, layout: GraphLayout) -> tuple[Tensor, Tensor]:
-    """Dense (readers, writers) edge and (writers,) node sums on the model's device."""
-    dtype, device = _accumulator_dtype(model), model.device
+    """Dense (readers, writers) edge and (writers,) node sums on the device of the model's
+    output (its last module's under a device map)."""
+    dtype, device = _accumulator_dtype(model), model.output_device
     edges = torch.zeros(layout.n_readers, layout.n_writers, dtype=dtype, device=device)
     return edges, torch.zeros(layout.n_writers, dtype=dtype, device=device)
 

@@ -151,6 +151,7 @@ class _EdgePatcher:
                 b, p, d = x.shape[0], x.shape[1], x.shape[-1]
                 self.deltas = x.new_zeros(b, p, self.layout.n_writers, d)
                 self.total = x.new_zeros(b, p, d)
+            delta = delta.to(self.deltas.device)  # a writer on another device (device_map)
             if group.per_head:
                 self.deltas[:, :, list(group.index)] = delta
                 self.total += delta.sum(2)
@@ -184,7 +185,7 @@ class _EdgePatcher:
                 # a copy with nothing patched (a baseline riding along) stays exactly its
                 # run: total minus every delta is only zero up to rounding
                 corr = corr * mask.flatten(1).any(1).to(corr.dtype)[:, None, None, None, None]
-            corr = corr.reshape(k * n, *corr.shape[2:])
+            corr = corr.reshape(k * n, *corr.shape[2:]).to(x.device)
             return x + (corr if group.per_head else corr[:, :, 0])
 
         return correct

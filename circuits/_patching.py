@@ -587,7 +587,7 @@ def _patch_chunk(
     )
     cells = _cells(model, component, per_position, n_pos)
     vocab = task.metric_tokens  # the metric reads these logits only
-    device = inputs.resid[0].device
+    device = model.output_device  # where the metric comes out, under a device map too
     values = torch.empty(len(cells), dtype=inputs.resid[0].dtype, device=device)
     # a cell whose source slice equals the base slice bit for bit patches nothing
     noop = torch.tensor(
@@ -678,7 +678,7 @@ def _patch_chunk(
             else:  # grad . delta at the residual entering block `stop`, per copy
                 delta = out.view(copies, n, *out.shape[1:]) - inputs.resid[stop][:, begin:]
                 metric = m_base + (delta * grads[stop][:, begin:]).flatten(1).sum(-1)
-            computed[torch.tensor([slot[c] for c in chunk], device=device)] = metric
+            computed[torch.tensor([slot[c] for c in chunk], device=device)] = metric.to(device)
             bar.update(copies)
     values[wanted] = computed
     return values
