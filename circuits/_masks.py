@@ -41,7 +41,6 @@ from interp import (
 
 from ._edges import check_layout, chunked_metric, prepare_edge_model
 from ._memory import MemoryBudget, check_count, prompt_chunks
-from ._metrics import KLToClean, _clean_log_probs
 from ._tasks import Task
 
 __all__ = ["edge_pruning", "masked_metric"]
@@ -268,8 +267,7 @@ def edge_pruning(
     log_alpha = log_alpha.to(device).requires_grad_(True)
     lambdas = torch.zeros(2, device=device, requires_grad=True)
     # the clean reference of the kl objective runs in chunks of the same memory budget
-    kl = KLToClean(_clean_log_probs(edge_model, task, max_memory)) if objective == "kl" else None
-    measured = task.with_metric(kl) if kl is not None else task
+    measured = task.with_metric("kl", edge_model, max_memory) if objective == "kl" else task
     # one pass holds every prompt: its corrupted run is kept for all steps
     sources = (
         {0: _corrupted_writers(edge_model, layout, task)} if prompts_per_pass >= len(task) else {}

@@ -114,9 +114,9 @@ class UserMetric(Metric):
 
 
 METRICS: dict[str, Callable[..., Metric]] = {
-    "logit_diff": lambda model, task: LogitDiff(),
-    "prob": lambda model, task: AnswerProb(),
-    "kl": lambda model, task: KLToClean(_clean_log_probs(model, task)),
+    "logit_diff": lambda model, task, max_memory=None: LogitDiff(),
+    "prob": lambda model, task, max_memory=None: AnswerProb(),
+    "kl": lambda model, task, max_memory=None: KLToClean(_clean_log_probs(model, task, max_memory)),
 }
 
 

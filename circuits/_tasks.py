@@ -92,10 +92,16 @@ class Task:
         computed; ``None`` when it reads the whole vocabulary."""
         return self.metric.tokens(self.answer, self.wrong)
 
-    def with_metric(self, metric: str | Metric | Callable[..., Tensor], model: Any = None) -> Task:
+    def with_metric(
+        self,
+        metric: str | Metric | Callable[..., Tensor],
+        model: Any = None,
+        max_memory: int | str | None = None,
+    ) -> Task:
         """The task measuring something else: ``"logit_diff"``, ``"prob"``, ``"kl"`` (needs
-        ``model``: it runs the clean prompts once), a :class:`~circuits.Metric`, or a callable
-        ``fn(logits, answer, wrong) -> values`` over last-position logits.
+        ``model``: it runs the clean prompts once, in chunks that fit ``max_memory``), a
+        :class:`~circuits.Metric`, or a callable ``fn(logits, answer, wrong) -> values`` over
+        last-position logits.
 
         Examples
         --------
@@ -105,7 +111,8 @@ class Task:
         0.0
         """
         if isinstance(metric, str):
-            metric = METRICS[check_option("metric", metric, tuple(METRICS))](model, self)
+            name = check_option("metric", metric, tuple(METRICS))
+            metric = METRICS[name](model, self, max_memory)
         elif not isinstance(metric, Metric):
             if not callable(metric):
                 raise TaskError(

@@ -375,17 +375,15 @@ def _task(
     memory: dict[str, int] | None = None,
 ) -> Any:
     """The task on a model, or (``metric=None``) on its tokenizer alone, to check the prompts."""
-    from circuits import KLToClean, ioi_task, task_from_jsonl
-    from circuits._metrics import _clean_log_probs
+    from circuits import ioi_task, task_from_jsonl
 
     _check_task_source(task, split)
     if task == "ioi":
         built = ioi_task(model, n_prompts, seed=seed, split=split)
     else:
         built = task_from_jsonl(model, task)
-    if metric == "kl":  # its clean reference runs over prompt chunks that fit --max-memory
-        return built.with_metric(KLToClean(_clean_log_probs(model, built, **(memory or {}))))
-    return built if metric is None else built.with_metric(metric, model)
+    # kl's clean reference runs over prompt chunks that fit --max-memory
+    return built if metric is None else built.with_metric(metric, model, **(memory or {}))
 
 
 METRIC_HELP = "What the task measures: logit_diff, prob (of the answer) or kl (to the clean run)."
