@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -107,7 +108,7 @@ def _attribution_pass(
     n = base.shape[0]
     if src is None:
         wanted = sites if source_sites is None else source_sites
-        with torch.no_grad():
+        with torch.no_grad(), model.without_logits():
             _, src = model.run_with_cache(source, list(dict.fromkeys(["input", *wanted])))
     hooks: dict[str, Callable] = {}
     steps = len(alphas)
@@ -120,8 +121,8 @@ def _attribution_pass(
             return (x + (e_source.to(x.dtype)[None] - x) * a).flatten(0, 1)
 
         hooks["input"] = path
-    with _rules(model, gradient_rules), model.hooks(hooks):
-        run = model.run_with_grads(base.repeat(steps, 1), task.measure, sites)
+    with _rules(model, gradient_rules), model.hooks(hooks), task.narrowed(model, steps) as vocab:
+        run = model.run_with_grads(base.repeat(steps, 1), partial(task.measure, vocab=vocab), sites)
     # the metric is a mean over all copies, so the sum over copies is the mean over the path
     grads = {str(Site.parse(s)): run.gradients[s].unflatten(0, (steps, n)).sum(0) for s in sites}
     acts = {str(Site.parse(s)): run.activations[s][:n] for s in sites}
@@ -346,15 +347,17 @@ def _activation_path_matrix(
         if cached is None or cached[0] != chunk:
             cached = None  # the previous chunk's runs go before this one's are made
             base, source = base_and_source(part, direction)
-            with torch.no_grad():
+            with torch.no_grad(), model.without_logits():
                 _, src = model.run_with_cache(source, writer_sites)
                 _, own = model.run_with_cache(base, writer_sites)
             cached = (chunk, base, src, own)
         _, base, src, own = cached
         batch = copies[first : first + per_pass]
         hooks = _interpolation_hooks(batch, src, own)
-        with _rules(model, gradient_rules), model.hooks(hooks):
-            run = model.run_with_grads(base.repeat(len(batch), 1), part.measure, sites)
+        narrow = part.narrowed(model, len(batch))
+        with _rules(model, gradient_rules), model.hooks(hooks), narrow as vocab:
+            measure = partial(part.measure, vocab=vocab)
+            run = model.run_with_grads(base.repeat(len(batch), 1), measure, sites)
         m = base.shape[0]
         grads = {
             str(Site.parse(s)): run.gradients[s].unflatten(0, (len(batch), m)).sum(0) for s in sites

@@ -260,8 +260,8 @@ def _node_graph(
     """Node scores ``m(patched) - m(base)`` of heads, MLPs and the input from a patching-like
     function ``patched(component, per_position=...)`` returning metrics per cell."""
     base, _ = base_and_source(task, graph.meta["direction"])
-    with torch.no_grad():
-        m_base = float(task.measure(model(base)))
+    with torch.no_grad(), task.narrowed(model) as vocab:
+        m_base = float(task.measure(model(base), vocab=vocab))
     per_writer = graph.layout.writer_values(
         input=patched("resid")[0] - m_base,  # patching the input = the other run
         heads=patched("heads") - m_base,

@@ -95,8 +95,10 @@ def _source_run(
     if source == "zero":
         return {}, None
     tokens = task.clean if source == "clean" else task.corrupt
-    logits, cache = model.run_with_cache(tokens, _writer_sites(layout))
-    return {site: cache[site] for site in _writer_sites(layout)}, float(task.measure(logits))
+    with task.narrowed(model) as vocab:
+        logits, cache = model.run_with_cache(tokens, _writer_sites(layout))
+    metric = float(task.measure(logits, vocab=vocab))
+    return {site: cache[site] for site in _writer_sites(layout)}, metric
 
 
 def _mean_writers(
@@ -111,7 +113,8 @@ def _mean_writers(
         )
     n, sums = len(task), {}
     for chunk in prompt_chunks(n, prompts):
-        _, cache = model.run_with_cache(task.corrupt[chunk], _writer_sites(layout))
+        with model.without_logits():
+            _, cache = model.run_with_cache(task.corrupt[chunk], _writer_sites(layout))
         for site in _writer_sites(layout):
             part = cache[site].sum(0, keepdim=True, dtype=torch.float64)
             sums[site] = part if site not in sums else sums[site] + part
@@ -328,10 +331,10 @@ def _patch_masks(
             masks = patched[start : start + masks_per_pass].to(model.device, torch.bool)
             patcher = _EdgePatcher(layout, masks, src, len(part))
             tokens = part.clean if run == "clean" else part.corrupt
-            with model.hooks(patcher.hooks()):
+            with model.hooks(patcher.hooks()), part.narrowed(model, len(masks)) as vocab:
                 logits = model(tokens.repeat(len(masks), 1))
             # the metric is a mean over prompts: each chunk adds its share
-            value = part.measure(logits, per_copy=True).double().cpu()
+            value = part.measure(logits, per_copy=True, vocab=vocab).double().cpu()
             values[start : start + len(masks)] += value * (len(part) / n)
             del patcher, logits
     return values, source_metric
@@ -366,8 +369,9 @@ def chunked_metric(
     with torch.no_grad():
         for chunk in prompt_chunks(n, budget.patch_rows(task.clean.shape[1])):
             part = task.subset(chunk)
-            value = part.measure(model(part.clean if run == "clean" else part.corrupt))
-            total += float(value) * len(part) / n
+            with part.narrowed(model) as vocab:
+                logits = model(part.clean if run == "clean" else part.corrupt)
+            total += float(part.measure(logits, vocab=vocab)) * len(part) / n
     return total
 
 

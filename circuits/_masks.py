@@ -135,8 +135,8 @@ def masked_metric(
     if source is None:
         source = _corrupted_writers(model, layout, task)
     patcher = _MaskedPatcher(layout, layout.to_matrix(1 - keep), source)
-    with model.hooks(patcher.hooks()):
-        return task.measure(model(task.clean))
+    with model.hooks(patcher.hooks()), task.narrowed(model) as vocab:
+        return task.measure(model(task.clean), vocab=vocab)
 
 
 def _metric_and_gradient(
@@ -171,7 +171,7 @@ def _metric_and_gradient(
 def _corrupted_writers(
     model: TransformerModel, layout: GraphLayout, task: Task
 ) -> dict[str, Tensor]:
-    with torch.no_grad():
+    with torch.no_grad(), model.without_logits():
         _, cache = model.run_with_cache(task.corrupt, [g.site for g in layout.writer_groups])
     return {g.site: cache[g.site] for g in layout.writer_groups}
 

@@ -19,6 +19,7 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -123,9 +124,13 @@ class _Runs:
     """The base and source runs of one chunk of prompts that patched passes read: the base
     run's logits and block inputs (keys and values too, for a causal model) and both runs'
     activations at the component's sites. Built once and shared by an estimate and the exact
-    patching after it (:func:`circuits.refined_patching`)."""
+    patching after it (:func:`circuits.refined_patching`).
+
+    ``base_logits`` holds each prompt's last position only, over ``vocab`` (the metric's
+    tokens, all of them when ``None``): ``task.measure(base_logits, vocab=vocab)``."""
 
     base_logits: Tensor
+    vocab: Tensor | None
     inputs: Any  # interp.BlockInputs
     base_cache: dict[str, Tensor]
     source_cache: dict[str, Tensor]
@@ -144,15 +149,18 @@ def _runs(model: TransformerModel, task: Task, component: str, direction: str) -
     base, source = base_and_source(task, direction)
     sites = _sites(model, component)
     with torch.no_grad():
-        _, source_cache = model.run_with_cache(source, sites)
-        if component == "resid":  # the block inputs are the sites
+        with model.without_logits():
+            _, source_cache = model.run_with_cache(source, sites)
+        # the block inputs are the sites of "resid"; the others are recorded on the way
+        recorded = sites if component != "resid" else []
+        with model.cache(recorded) as cache, task.narrowed(model) as vocab:
             base_logits, inputs = model.block_inputs(base, keep_kv=model.causal)
+        if component == "resid":
             base_cache = dict(zip(sites, inputs.resid, strict=True))
         else:
-            with model.cache(sites) as recorded:
-                base_logits, inputs = model.block_inputs(base, keep_kv=model.causal)
-            base_cache = {site: recorded[site] for site in sites}
-    return _Runs(base_logits, inputs, base_cache, {site: source_cache[site] for site in sites})
+            base_cache = {site: cache[site] for site in sites}
+    sources = {site: source_cache[site] for site in sites}
+    return _Runs(base_logits, vocab, inputs, base_cache, sources)
 
 
 def _one_chunk(model: TransformerModel, task: Task, max_memory: int | str | None) -> bool:
@@ -458,11 +466,9 @@ def _shortcuts_exact(
             )
     except (RuntimeError, ValueError, IndexError, TypeError):  # shapes that do not fit
         return False
-    rows = torch.arange(len(task), device=base_logits.device)
-    expected = base_logits[rows, task.last_positions()]
-    if vocab is not None:  # None: the metric reads every logit
-        expected = expected[:, vocab]
-    return bool(torch.allclose(again, expected, atol=1e-4 * float(expected.abs().max()), rtol=0))
+    # base_logits: the last positions, over the metric's tokens, as `again`
+    scale = 1e-4 * float(base_logits.abs().max())
+    return bool(torch.allclose(again, base_logits, atol=scale, rtol=0))
 
 
 def _stacked(x: Tensor, copies: int) -> Tensor:
@@ -564,13 +570,13 @@ def _patch_chunk(
         runs = _runs(model, task, component, direction)
     base_logits, inputs = runs.base_logits, runs.inputs
     base_cache, source_cache = runs.base_cache, runs.source_cache
-    m_base = task.measure(base_logits)
+    m_base = task.measure(base_logits, vocab=runs.vocab)
     grads: dict[int, Tensor] = {}
     if blocks is not None and blocks < n_layers:
         readouts = [f"r{layer}.pre" for layer in range(blocks, n_layers)]
         rules = gradient_rules(model) if gradient_rules else contextlib.nullcontext()
-        with rules:
-            run = model.run_with_grads(base, task.measure, readouts)
+        with rules, task.narrowed(model) as vocab:
+            run = model.run_with_grads(base, partial(task.measure, vocab=vocab), readouts)
         grads = {Site.parse(r).layer: run.gradients[r] for r in readouts}
     # In a causal model, before the first token where base and source differ, both runs hold
     # the same activations: patching there changes nothing, and a patch anywhere leaves those

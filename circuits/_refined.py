@@ -154,7 +154,7 @@ def refined_patching(
         )
     free = costs == 0  # cells whose patch changes nothing: the base metric, exactly
     if runs is not None:
-        m_base = float(task.measure(runs.base_logits))
+        m_base = float(task.measure(runs.base_logits, vocab=runs.vocab))
     elif isinstance(estimate, str) and free.any():  # AtP and RelP give those cells m(base) too
         m_base = float(first[free.to(first.device)][0])
     else:
@@ -266,10 +266,7 @@ def _estimate_from_runs(
     starts = [0]
     if prefix.first and inputs.kv is not None and len(inputs.kv) == len(inputs.resid):
         starts.insert(0, prefix.first)
-    rows = torch.arange(len(task), device=runs.base_logits.device)
-    expected = runs.base_logits[rows, task.last_positions().to(rows.device)]
-    if vocab is not None:
-        expected = expected[:, vocab.to(expected.device)]
+    expected = runs.base_logits  # the last positions, over the metric's tokens, as `out`
     for start in starts:
         resid = inputs.resid[0][:, start:].detach().clone().requires_grad_(True)
         context = rules(model) if rules is not None else contextlib.nullcontext()
@@ -293,4 +290,4 @@ def _estimate_from_runs(
     total = torch.stack(rows_out)
     shape = _result_shape(model, component, per_position, base.shape[1])
     dtype = torch.promote_types(next(model.bridge.parameters()).dtype, torch.float32)
-    return (float(task.measure(runs.base_logits)) + total).view(shape).to(dtype)
+    return (float(task.measure(runs.base_logits, vocab=runs.vocab)) + total).view(shape).to(dtype)

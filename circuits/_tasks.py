@@ -12,10 +12,11 @@ at its last real token.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,14 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from interp import InterpError, ShapeError, TransformerModel, data_path, did_you_mean
+from interp import (
+    HookedModel,
+    InterpError,
+    ShapeError,
+    TransformerModel,
+    data_path,
+    did_you_mean,
+)
 
 from ._metrics import METRICS, LogitDiff, Metric, UserMetric
 from ._options import Split, check_option
@@ -138,6 +146,26 @@ class Task:
             :attr:`metric_tokens` (or a sorted superset of them) instead of the whole vocabulary.
         """
         return self._measure(self.metric, logits, per_copy, vocab)
+
+    @contextlib.contextmanager
+    def narrowed(self, model: HookedModel, copies: int = 1) -> Iterator[Tensor | None]:
+        """While open, ``model``'s forward passes of ``copies`` stacked copies of the prompts
+        compute only the logits the metric reads: each prompt's last position and
+        :attr:`metric_tokens` (see :meth:`HookedModel.narrow_logits
+        <interp.HookedModel.narrow_logits>`). Yields the ``vocab`` to give :meth:`measure`.
+
+        Examples
+        --------
+        >>> model = load_model("tiny-gpt2")
+        >>> task = ioi_task(model, 4)
+        >>> with task.narrowed(model) as vocab:
+        ...     value = task.measure(model(task.clean), vocab=vocab)
+        >>> torch.allclose(value, task.measure(model(task.clean)), atol=1e-5)
+        True
+        """
+        vocab = self.metric_tokens
+        with model.narrow_logits(self.last_positions(copies), vocab) as narrowed:
+            yield vocab if narrowed else None
 
     def logit_diff(
         self, logits: Tensor, *, per_copy: bool = False, vocab: Tensor | None = None

@@ -212,6 +212,22 @@ class HookedModel:
     def __call__(self, inputs: Any, **kwargs: Any) -> Tensor:
         return self.model(self.prepare(inputs), **kwargs)
 
+    @contextlib.contextmanager
+    def narrow_logits(self, positions: Tensor | None, vocab: Tensor | None) -> Iterator[bool]:
+        """While open, a forward pass computes logits only at row ``i``'s position
+        ``positions[i]`` and only for the token ids in ``vocab`` (``None``: every position,
+        every token; an empty ``vocab``: no logits, for runs kept for their activations).
+
+        Yields whether the model does so: a transformer does (its forward then returns
+        (batch, len(vocab)) logits); other models return their full output (``False``).
+        """
+        yield False
+
+    def without_logits(self) -> contextlib.AbstractContextManager[bool]:
+        """:meth:`narrow_logits` to no logits at all: for runs kept only for their
+        activations (a transformer then skips its unembedding)."""
+        return self.narrow_logits(None, torch.zeros(0, dtype=torch.long))
+
     def resolve(self, site: SiteLike) -> Site:
         """Parse a site and check the model has it.
 
@@ -728,6 +744,27 @@ class TransformerModel(HookedModel):
         """The output of block ``layer``'s attention for given head outputs ``z`` (batch, pos,
         head, d_head), as site ``a{layer}.z`` holds them: its output projection."""
         return _restart.attention_output(self.bridge, layer, z)
+
+    @contextlib.contextmanager
+    def narrow_logits(self, positions: Tensor | None, vocab: Tensor | None) -> Iterator[bool]:
+        """While open, a forward pass computes logits only at row ``i``'s position
+        ``positions[i]`` and only for the token ids in ``vocab``, and returns them as
+        (batch, len(vocab)) (``None``: every position, or every token; an empty ``vocab``: no
+        logits, for runs kept for their activations). The numbers are the full logits' at those
+        places; the unembedding of every position (a sixth of SmolLM2's forward, a third of
+        GPT-2 small's at 16 tokens) is not computed. Yields ``True``.
+
+        Examples
+        --------
+        >>> model = load_model("tiny-gpt2")
+        >>> tokens = model.to_tokens(["When Mary and John went", "Then Tom and Ann met"])
+        >>> with model.narrow_logits(torch.tensor([4, 4]), torch.tensor([7, 11])) as narrowed:
+        ...     tuple(model(tokens).shape)
+        (2, 2)
+        """
+        live = lambda: Site("logits") in self._live_sites  # noqa: E731 - read at call time
+        with _restart.narrow_logits(self.bridge, positions, vocab, live):
+            yield True
 
     def unembed(self, x: Tensor, vocab: Tensor | None = None) -> Tensor:
         """Logits of a normalised final residual, for every token or only the ids in ``vocab``

@@ -1,6 +1,6 @@
 """Restarting a transformer's forward pass at a block: the engine behind
 :meth:`TransformerModel.block_inputs <interp.TransformerModel.block_inputs>`,
-``forward_from``, ``attention_output`` and ``unembed``.
+``forward_from``, ``attention_output``, ``unembed`` and ``narrow_logits``.
 
 :func:`block_inputs` runs a bridge once and keeps what every block received; :func:`forward_from`
 then runs blocks ``layer..`` only, on any number of copies of a (patched) residual, optionally
@@ -8,14 +8,19 @@ from a later position on (the earlier positions' keys and values are read from t
 and unembedding only the positions and token ids a metric reads. Patching methods use it so that
 work below a patched layer is not redone.
 
+:func:`narrow_logits` makes a whole forward pass unembed only the positions and token ids a
+metric reads (or nothing, for runs kept only for their activations): the full unembedding of
+every position costs as much as several blocks (a third of GPT-2 small's forward at 16 tokens).
+
 These functions take the TransformerLens bridge itself; the model wrapper's methods of the same
 names are the public entry points and document the arguments.
 """
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Iterable, Set
+from collections.abc import Callable, Iterable, Iterator, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +30,14 @@ from torch.nn import functional as F
 
 from ._errors import InterpError, ShapeError
 
-__all__ = ["BlockInputs", "attention_output", "block_inputs", "forward_from", "unembed"]
+__all__ = [
+    "BlockInputs",
+    "attention_output",
+    "block_inputs",
+    "forward_from",
+    "narrow_logits",
+    "unembed",
+]
 
 
 @dataclass
@@ -170,11 +182,84 @@ def unembed(bridge: nn.Module, x: Tensor, vocab: Tensor | None = None) -> Tensor
     head = bridge.unembed.original_component
     if vocab is None:
         return bridge.unembed(x)
-    if not isinstance(head, nn.Linear):
+    if not _plain_linear(head):
         return bridge.unembed(x)[..., vocab.to(x.device)]
-    vocab = vocab.to(head.weight.device)
-    bias = None if head.bias is None else head.bias[vocab]
-    return F.linear(x, head.weight[vocab], bias)
+    return _linear_rows(head, x, vocab)
+
+
+@contextlib.contextmanager
+def narrow_logits(
+    bridge: nn.Module,
+    positions: Tensor | None,
+    vocab: Tensor | None,
+    hooked: Callable[[], bool] = lambda: False,
+) -> Iterator[None]:
+    """While open, ``bridge``'s unembedding computes only row ``i``'s position
+    ``positions[i]`` (all positions when ``None``) and only the token ids in ``vocab`` (all
+    when ``None``; an empty tensor: no logits at all). A forward then returns logits of shape
+    (batch, len(vocab)) instead of (batch, pos, d_vocab).
+
+    The numbers are those of the full unembedding at these places. When ``hooked()`` says a
+    hook sits on the logits, or the unembedding is not a plain linear layer, the full logits
+    are computed (the hook sees them all) and then narrowed."""
+    component = bridge.unembed
+    if "forward" in component.__dict__:
+        raise InterpError("narrow_logits contexts do not nest.")
+    full = component.forward
+    head = component.original_component
+
+    def rows(x: Tensor) -> Tensor:
+        if positions is None:
+            return x
+        if positions.shape != (x.shape[0],):
+            raise ShapeError(
+                f"narrow_logits needs one position per row of the batch ({x.shape[0]}); got "
+                f"positions of shape {tuple(positions.shape)}."
+            )
+        at = positions.to(x.device)
+        return x[torch.arange(x.shape[0], device=x.device), at]
+
+    def forward(hidden: Tensor, **kwargs: Any) -> Tensor:
+        if kwargs or hooked() or not _plain_linear(head):
+            out = rows(full(hidden, **kwargs))
+            return out if vocab is None else out[..., vocab.to(out.device)]
+        return _linear_rows(head, rows(hidden), vocab)
+
+    # on the instance itself: bridge components forward attribute sets to the module they wrap
+    object.__setattr__(component, "forward", forward)
+    try:
+        yield
+    finally:
+        component.__dict__.pop("forward", None)
+
+
+def _plain_linear(head: nn.Module) -> bool:
+    """A linear layer whose weights are in place (not offloaded to the meta device)."""
+    return isinstance(head, nn.Linear) and head.weight.device.type != "meta"
+
+
+_MIN_ROWS = 4  # MKL sums a product of fewer rows in another order (1e-6 relative apart)
+
+
+def _linear_rows(head: nn.Linear, x: Tensor, vocab: Tensor | None) -> Tensor:
+    """``head(x)`` restricted to the output features ``vocab`` (all when ``None``), without
+    computing the others; on the layer's device.
+
+    At least :data:`_MIN_ROWS` rows go through the product (zero rows pad a smaller input), so
+    a row's logits do not depend on how many rows are computed with it: a task's metric is
+    then the same number whatever chunks its prompts go in (the learned masks' optimiser
+    would otherwise turn rounding differences into different steps)."""
+    weight = head.weight
+    x = x.to(weight.device)
+    bias = head.bias
+    if vocab is not None:
+        vocab = vocab.to(weight.device)
+        weight, bias = weight[vocab], None if bias is None else bias[vocab]
+    rows = x.reshape(-1, x.shape[-1])
+    if 0 < len(rows) < _MIN_ROWS:
+        padded = torch.cat([rows, rows.new_zeros(_MIN_ROWS - len(rows), rows.shape[-1])])
+        return F.linear(padded, weight, bias)[: len(rows)].reshape(*x.shape[:-1], -1)
+    return F.linear(x, weight, bias)
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -283,4 +284,11 @@ def test_max_memory_reaches_every_chunked_pass_and_changes_no_result(tmp_path, m
     assert small.exit_code == 0, small.output
     assert set(budgets) == {256 * 2**10}, budgets
     default = runner.invoke(app, evaluate)
-    assert small.stdout == default.stdout and "faithfulness" in small.stdout
+    assert "faithfulness" in small.stdout
+    # the same numbers up to the last printed digit: chunks of one prompt sum the metric in
+    # another order (~1e-8), and this random model's clean-corrupted gap of ~1e-3 can carry
+    # that into the fourth decimal of faithfulness
+    numbers = [re.findall(r"-?\d+\.\d+", r.stdout) for r in (small, default)]
+    assert len(numbers[0]) == len(numbers[1]) == 4
+    for ours, theirs in zip(*numbers, strict=True):
+        assert float(ours) == pytest.approx(float(theirs), abs=1.5e-4)

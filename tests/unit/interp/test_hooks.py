@@ -365,6 +365,71 @@ def test_restarting_at_any_block_reproduces_the_run(tiny: interp.TransformerMode
         tiny.forward_from(0, inputs.resid[0][:1], inputs)
 
 
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_narrowed_logits_are_the_full_ones_at_those_places(name: str) -> None:
+    """narrow_logits: a forward (or a gradient run) computes only the given positions and
+    token ids, and they equal the full logits there, in values and in gradients; a hook on
+    the logits still sees all of them; nothing stays behind, and bad positions are named."""
+    model = interp.load_model(name, dtype=torch.float64)
+    tokens = model.to_tokens([PROMPT, OTHER, PROMPT])
+    full = model(tokens)
+    rows, at = torch.arange(3), torch.tensor([5, 3, 9])
+    vocab = torch.tensor([7, 0, 30])
+    with model.narrow_logits(at, vocab) as narrowed:
+        out = model(tokens)
+    assert narrowed and out.shape == (3, 3)
+    torch.testing.assert_close(out, full[rows, at][:, vocab], rtol=1e-12, atol=1e-12)
+    with model.narrow_logits(at, None):  # every token, one position a row
+        torch.testing.assert_close(model(tokens), full[rows, at], rtol=1e-12, atol=1e-12)
+    with model.without_logits():
+        assert model(tokens).shape == (3, tokens.shape[1], 0)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:  # the same value from either shape
+        picked = logits[rows, at][:, vocab] if logits.ndim == 3 else logits
+        return (picked[:, 0] - picked[:, 2]).mean()
+
+    sites = ["r0.pre", "a1.h1", "m1"]
+    expected = model.run_with_grads(tokens, metric, sites)
+    with model.narrow_logits(at, vocab):
+        run = model.run_with_grads(tokens, metric, sites)
+    torch.testing.assert_close(run.value, expected.value)
+    for site in sites:
+        torch.testing.assert_close(run.gradients[site], expected.gradients[site])
+    seen = []
+    with (
+        model.hooks({"logits": lambda x, site: seen.append(x.shape)}),
+        model.narrow_logits(at, vocab),
+    ):
+        torch.testing.assert_close(model(tokens), full[rows, at][:, vocab])
+    assert seen == [full.shape]
+    hooks = count_hooks(model.model)
+    with (
+        pytest.raises(ShapeError, match="one position per row"),
+        model.narrow_logits(at[:2], vocab),
+    ):
+        model(tokens)
+    with pytest.raises(InterpError, match="nest"), model.narrow_logits(at, vocab):
+        model.without_logits().__enter__()
+    assert count_hooks(model.model) == hooks
+    torch.testing.assert_close(model(tokens), full)
+
+
+def test_narrowed_logits_do_not_depend_on_the_rows_beside_them(
+    tiny: interp.TransformerModel,
+) -> None:
+    """A prompt's narrowed logits are the same bits whether it runs alone or in a batch (the
+    unembedding of few rows takes another summation order unless padded), so a metric does
+    not depend on how prompts are chunked."""
+    tokens = tiny.to_tokens([PROMPT, OTHER, PROMPT, OTHER, OTHER])
+    at = torch.full((5,), tokens.shape[1] - 1)
+    with tiny.narrow_logits(at, None):
+        together = tiny(tokens)
+    for size in (1, 2, 3):
+        with tiny.narrow_logits(at[:size], None):
+            alone = tiny(tokens[:size])
+        assert torch.equal(alone, together[:size])
+
+
 def test_transformers_output_capturing_hooks_are_not_ours() -> None:
     """transformers installs permanent output-capturing hooks the first time TransformerLens'
     own run_with_cache asks for attentions; they are the library's, not a leak of ours."""
