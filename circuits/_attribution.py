@@ -106,8 +106,8 @@ def _attribution_pass(
     the mean over the copies, summed over them."""
     base, source = base_and_source(task, direction)
     n = base.shape[0]
+    wanted = sites if source_sites is None else source_sites
     if src is None:
-        wanted = sites if source_sites is None else source_sites
         with torch.no_grad(), model.without_logits():
             _, src = model.run_with_cache(source, list(dict.fromkeys(["input", *wanted])))
     hooks: dict[str, Callable] = {}
@@ -121,11 +121,17 @@ def _attribution_pass(
             return (x + (e_source.to(x.dtype)[None] - x) * a).flatten(0, 1)
 
         hooks["input"] = path
+    # the base activations (copy 0, where the path starts at 0) at the source run's sites
+    kept = wanted if alphas[0] == 0 else []
     with _rules(model, gradient_rules), model.hooks(hooks), task.narrowed(model, steps) as vocab:
-        run = model.run_with_grads(base.repeat(steps, 1), partial(task.measure, vocab=vocab), sites)
+        measure = partial(task.measure, vocab=vocab)
+        run = model.run_with_grads(base.repeat(steps, 1), measure, sites, activations=kept)
     # the metric is a mean over all copies, so the sum over copies is the mean over the path
-    grads = {str(Site.parse(s)): run.gradients[s].unflatten(0, (steps, n)).sum(0) for s in sites}
-    acts = {str(Site.parse(s)): run.activations[s][:n] for s in sites}
+    grads = {}
+    for site in sites:
+        grad = run.gradients[site]
+        grads[str(Site.parse(site))] = grad if steps == 1 else grad.unflatten(0, (steps, n)).sum(0)
+    acts = {str(Site.parse(s)): run.activations[s][:n] for s in kept}
     # with one step the run is the base run; with more, its mean mixes the path's copies
     value = float(run.value) if alphas == (0.0,) else float("nan")
     return _Pass(acts, src, grads, value)
@@ -259,9 +265,12 @@ def _accumulate(
         block = grad @ flat[:, : g.n_prior]
         edges[list(g.index), : g.n_prior] += weight * block.to(edges.device, edges.dtype)
     del flat
-    writer_grads = _stack_writers(layout, grads)
-    products = deltas.to(nodes.device, nodes.dtype) * writer_grads.to(nodes.device, nodes.dtype)
-    nodes += weight * products.sum((0, 1, 3))
+    for g in layout.writer_groups:  # per group: no stacked copy of every writer's gradient
+        start, stop = g.index[0], g.index[-1] + 1  # a group's writers are consecutive
+        grad = grads[g.site] if g.per_head else grads[g.site][:, :, None]
+        delta = deltas[:, :, start:stop]
+        products = (delta.to(wide) * grad.to(delta.device, wide)).sum((0, 1, 3))
+        nodes[start:stop] += weight * products.to(nodes.device, nodes.dtype)
 
 
 def _edge_matrix(
@@ -357,7 +366,7 @@ def _activation_path_matrix(
         narrow = part.narrowed(model, len(batch))
         with _rules(model, gradient_rules), model.hooks(hooks), narrow as vocab:
             measure = partial(part.measure, vocab=vocab)
-            run = model.run_with_grads(base.repeat(len(batch), 1), measure, sites)
+            run = model.run_with_grads(base.repeat(len(batch), 1), measure, sites, activations=[])
         m = base.shape[0]
         grads = {
             str(Site.parse(s)): run.gradients[s].unflatten(0, (len(batch), m)).sum(0) for s in sites

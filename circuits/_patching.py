@@ -576,7 +576,8 @@ def _patch_chunk(
         readouts = [f"r{layer}.pre" for layer in range(blocks, n_layers)]
         rules = gradient_rules(model) if gradient_rules else contextlib.nullcontext()
         with rules, task.narrowed(model) as vocab:
-            run = model.run_with_grads(base, partial(task.measure, vocab=vocab), readouts)
+            measure = partial(task.measure, vocab=vocab)
+            run = model.run_with_grads(base, measure, readouts, activations=[])
         grads = {Site.parse(r).layer: run.gradients[r] for r in readouts}
     # In a causal model, before the first token where base and source differ, both runs hold
     # the same activations: patching there changes nothing, and a patch anywhere leaves those

@@ -391,6 +391,8 @@ class HookedModel:
         inputs: Any,
         metric: Callable[[Tensor], Tensor],
         sites: Iterable[SiteLike],
+        *,
+        activations: Iterable[SiteLike] | None = None,
         **kwargs: Any,
     ) -> GradientRun:
         """Forward, then the gradient of a scalar metric at every site (one backward pass).
@@ -403,6 +405,9 @@ class HookedModel:
         metric : callable
             Maps the model output to a scalar tensor (reduce over the batch yourself).
         sites : iterable of sites
+        activations : iterable of sites, optional
+            The sites whose activations are kept (default: every site of ``sites``); a copy
+            of each is made, so leaving out those only needed for gradients saves that.
 
         Returns
         -------
@@ -411,7 +416,8 @@ class HookedModel:
             zero at sites the metric does not depend on.
         """
         sites = [self.resolve(s) for s in _as_list(sites)]
-        with torch.enable_grad(), self.cache(sites) as acts, self.grad_cache(sites) as grads:
+        kept = sites if activations is None else [self.resolve(s) for s in _as_list(activations)]
+        with torch.enable_grad(), self.cache(kept) as acts, self.grad_cache(sites) as grads:
             value = metric(self(inputs, **kwargs))
             if not isinstance(value, Tensor) or value.numel() != 1:
                 shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -423,8 +429,8 @@ class HookedModel:
             if targets:
                 torch.autograd.grad(value, targets, allow_unused=True)
         for site in sites:
-            if site not in grads:
-                grads[site] = torch.zeros_like(acts[site])
+            if site not in grads:  # the metric does not depend on it
+                grads[site] = torch.zeros_like(self._bind(site).view(grads.tensors[site])).detach()
         del grads.tensors
         return GradientRun(value.detach().reshape(()), acts, grads)
 
