@@ -169,29 +169,39 @@ class _EdgePatcher:
             mask = self.patched[:, list(group.index), : group.n_prior]  # (copies, h, w)
             if not bool(mask.any()):
                 return None
-            k, n = self.copies, self.n
-            deltas = self.deltas[:, :, : group.n_prior].view(
-                k, n, *self.deltas.shape[1:2], group.n_prior, -1
-            )
+            k = self.copies
+            # (copies, prompts x positions, writers so far, d_model): a view, no copy
+            deltas = self.deltas[:, :, : group.n_prior]
+            deltas = deltas.view(k, -1, group.n_prior, deltas.shape[-1])
             keep = ~mask
             if int(mask.sum()) <= int(keep.sum()):
-                used = mask.any(0).any(0).nonzero().flatten()
-                corr = torch.einsum(
-                    "knpwd,khw->knphd", deltas[:, :, :, used], mask[:, :, used].to(deltas.dtype)
-                )
+                corr = _mix(deltas, mask)
             else:  # most edges patched: everything minus the kept ones
-                used = keep.any(0).any(0).nonzero().flatten()
-                total = self.total.view(k, n, -1, self.total.shape[-1])[:, :, :, None]
-                corr = total - torch.einsum(
-                    "knpwd,khw->knphd", deltas[:, :, :, used], keep[:, :, used].to(deltas.dtype)
-                )
+                total = self.total.view(k, -1, 1, self.total.shape[-1])
+                corr = total - _mix(deltas, keep)
                 # a copy with nothing patched (a baseline riding along) stays exactly its
                 # run: total minus every delta is only zero up to rounding
-                corr = corr * mask.flatten(1).any(1).to(corr.dtype)[:, None, None, None, None]
-            corr = corr.reshape(k * n, *corr.shape[2:]).to(x.device)
+                patches = mask.flatten(1).any(1)
+                if not bool(patches.all()):
+                    corr = corr * patches.to(corr.dtype)[:, None, None, None]
+            corr = corr.view(x.shape[0], x.shape[1], *corr.shape[2:]).to(x.device)
             return x + (corr if group.per_head else corr[:, :, 0])
 
         return correct
+
+
+def _mix(deltas: Tensor, mask: Tensor) -> Tensor:
+    """``sum_w mask[k, h, w] deltas[k, r, w]``: each reader's sum of the chosen writers' deltas,
+    shape (copies, rows, readers, d_model), as one batched product per row.
+
+    Writers no copy chooses are left out of the product when they are most of them (a copy
+    of the others' deltas costs less than multiplying zeros); else the product runs over
+    every writer, reading the deltas in place."""
+    used = mask.any(0).any(0)
+    if int(used.sum()) * 3 < len(used):
+        at = used.nonzero().flatten()
+        deltas, mask = deltas[:, :, at], mask[:, :, at]
+    return torch.matmul(mask[:, None].to(deltas.dtype), deltas)
 
 
 PASS_BYTES = 512 * 2**20  # the working memory of edge_patching's passes by default
