@@ -296,6 +296,13 @@ def _digest(x: Any) -> Any:
     return repr(x)
 
 
+# options that change how a sweep runs but not its result (chunking is exact): a sweep stopped
+# for lack of memory resumes from its checkpoint with a smaller max_memory
+_RESULT_FREE = frozenset(
+    {"progress", "max_memory", "rows_per_pass", "masks_per_pass", "prompts_per_pass"}
+)
+
+
 def _fingerprint(
     model: TransformerModel, task: Task, method: str, level: str, options: dict[str, Any]
 ) -> str:
@@ -305,7 +312,7 @@ def _fingerprint(
     inputs = {
         "method": method,
         "level": level,
-        "options": {k: v for k, v in options.items() if k != "progress"},
+        "options": {k: v for k, v in options.items() if k not in _RESULT_FREE},
         "model": {"spec": model.spec, "weights": weights},
         "task": {f: getattr(task, f) for f in fields},
     }

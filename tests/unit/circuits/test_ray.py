@@ -170,6 +170,35 @@ def test_resume_after_ctrl_c_runs_only_missing_shards(tiny_gpt2, tmp_path: Path)
     assert len(_files(tmp_path / "cut")) == 9  # no temporary file left behind
 
 
+def test_a_sweep_resumes_with_another_max_memory(tiny_gpt2, tmp_path: Path) -> None:
+    """A sweep stopped (say, for lack of memory) resumes from its checkpoint with a smaller
+    max_memory, which changes the chunks but not the result; another option is refused."""
+    base = ioi_task(tiny_gpt2, 8)
+    full = discover(tiny_gpt2, base, "eap-ig", "edge")
+    calls: list[int] = []
+    discover(
+        tiny_gpt2,
+        base.with_metric(_counting(calls)),
+        "eap-ig",
+        "edge",
+        checkpoint=tmp_path / "probe",
+    )
+    per_shard = len(calls) // 8
+    calls.clear()
+    stopped = base.with_metric(_counting(calls, stop_at=2 * per_shard + 1))
+    with pytest.raises(KeyboardInterrupt):
+        discover(tiny_gpt2, stopped, "eap-ig", "edge", checkpoint=tmp_path / "cut")
+    calls.clear()
+    task = base.with_metric(_counting(calls))
+    again = discover(
+        tiny_gpt2, task, "eap-ig", "edge", checkpoint=tmp_path / "cut", max_memory="64KB"
+    )
+    assert len(calls) > 6 * per_shard  # six shards left, in more (smaller) passes each
+    assert _max_diff(again.edge_scores, full.edge_scores) < 1e-6
+    with pytest.raises(interp.InterpError, match="holds another sweep"):
+        discover(tiny_gpt2, base, "eap-ig", "edge", checkpoint=tmp_path / "cut", ig_steps=3)
+
+
 def test_checkpoint_of_another_sweep_is_refused(tiny_gpt2, tmp_path: Path) -> None:
     task = ioi_task(tiny_gpt2, 2)
     discover(tiny_gpt2, task, "eap", "edge", checkpoint=tmp_path)
