@@ -17,7 +17,6 @@ works there; for ``kl`` a circuit's faithfulness is ``1 - KL(C) / KL(empty)``.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,17 +138,10 @@ def _clean_log_probs(model: Any, task: Any, max_memory: int | str | None = None)
     parts = []
     with torch.no_grad():
         for chunk in prompt_chunks(n, size):
-            last_positions = task.lengths[chunk] - 1
-            narrow = (
-                model.narrow_logits(last_positions, None)
-                if isinstance(model, TransformerModel)
-                else contextlib.nullcontext(False)
-            )
-            with narrow as narrowed:
-                logits = model(task.clean[chunk])
-            if not narrowed:  # (rows, pos, vocab): each row's last position
-                at = torch.arange(len(logits), device=logits.device)
-                logits = logits[at, last_positions.to(logits.device)]
-            parts.append(torch.log_softmax(logits.float(), -1))
-            del logits  # the chunk's logits go before the next pass
+            # the full logits, as the runs compared with them (see Task.narrowed)
+            logits = model(task.clean[chunk])
+            at = torch.arange(len(logits), device=logits.device)
+            last = logits[at, task.lengths[chunk].to(logits.device) - 1]
+            del logits  # the chunk's (rows, pos, vocab) logits go before the next pass
+            parts.append(torch.log_softmax(last.float(), -1))
     return torch.cat([p.to(parts[-1].device) for p in parts])

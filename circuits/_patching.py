@@ -159,6 +159,9 @@ def _runs(model: TransformerModel, task: Task, component: str, direction: str) -
             base_cache = dict(zip(sites, inputs.resid, strict=True))
         else:
             base_cache = {site: cache[site] for site in sites}
+    if base_logits.ndim == 3:  # a metric over the whole vocabulary gets the full logits
+        rows = torch.arange(len(task), device=base_logits.device)
+        base_logits = base_logits[rows, task.last_positions().to(rows.device)]
     sources = {site: source_cache[site] for site in sites}
     return _Runs(base_logits, vocab, inputs, base_cache, sources)
 

@@ -150,8 +150,8 @@ class Task:
     @contextlib.contextmanager
     def narrowed(self, model: HookedModel, copies: int = 1) -> Iterator[Tensor | None]:
         """While open, ``model``'s forward passes of ``copies`` stacked copies of the prompts
-        compute only the logits the metric reads: each prompt's last position and
-        :attr:`metric_tokens` (see :meth:`HookedModel.narrow_logits
+        compute only the logits the metric reads, when it names them: each prompt's last
+        position and :attr:`metric_tokens` (see :meth:`HookedModel.narrow_logits
         <interp.HookedModel.narrow_logits>`). Yields the ``vocab`` to give :meth:`measure`.
 
         Examples
@@ -164,6 +164,13 @@ class Task:
         True
         """
         vocab = self.metric_tokens
+        if vocab is None:
+            # a metric over the whole vocabulary (kl, prob) gets the full logits: with several
+            # threads, MKL splits a product of few rows over the vocabulary differently from
+            # one of many, so its value would change in the last bits with the chunking, which
+            # the learned masks' optimiser turns into different steps
+            yield None
+            return
         with model.narrow_logits(self.last_positions(copies), vocab) as narrowed:
             yield vocab if narrowed else None
 
