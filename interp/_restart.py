@@ -205,6 +205,8 @@ def narrow_logits(
     component = bridge.unembed
     if "forward" in component.__dict__:
         raise InterpError("narrow_logits contexts do not nest.")
+    _check_ids("positions", positions, None)
+    _check_ids("vocab", vocab, component.original_component.weight.shape[0])
     full = component.forward
     head = component.original_component
 
@@ -231,6 +233,18 @@ def narrow_logits(
         yield
     finally:
         component.__dict__.pop("forward", None)
+
+
+def _check_ids(name: str, ids: Tensor | None, size: int | None) -> None:
+    """``ids``: None or a 1-D integer tensor, each in ``0..size-1`` (``>= 0`` without size)."""
+    if ids is None:
+        return
+    if not isinstance(ids, Tensor) or ids.ndim != 1 or ids.is_floating_point():
+        raise ShapeError(f"narrow_logits: {name} must be a 1-D tensor of integers; got {ids!r}.")
+    bad = (ids < 0) | (ids >= size) if size is not None else ids < 0
+    if bool(bad.any()):
+        limit = f"0..{size - 1}" if size is not None else ">= 0"
+        raise ShapeError(f"narrow_logits: {name} must lie in {limit}; got {int(ids[bad][0])}.")
 
 
 def _plain_linear(head: nn.Module) -> bool:

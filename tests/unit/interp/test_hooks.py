@@ -408,6 +408,10 @@ def test_narrowed_logits_are_the_full_ones_at_those_places(name: str) -> None:
         model.narrow_logits(at[:2], vocab),
     ):
         model(tokens)
+    with pytest.raises(ShapeError, match="vocab must lie in"):
+        model.narrow_logits(at, torch.tensor([10**6])).__enter__()
+    with pytest.raises(ShapeError, match="1-D tensor of integers"):
+        model.narrow_logits(at.float(), vocab).__enter__()
     with pytest.raises(InterpError, match="nest"), model.narrow_logits(at, vocab):
         model.without_logits().__enter__()
     assert count_hooks(model.model) == hooks
