@@ -31,7 +31,15 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from interp import CircuitGraph, GraphLayout, InterpError, Site, TransformerModel, progress_bar
+from interp import (
+    CircuitGraph,
+    GraphLayout,
+    InterpError,
+    ReaderGroup,
+    Site,
+    TransformerModel,
+    progress_bar,
+)
 
 from ._edges import check_layout, chunked_metric, prepare_edge_model
 from ._memory import MemoryBudget, check_count
@@ -232,17 +240,36 @@ def attribution_patching(
     return (m_base + total).to(dtype)
 
 
-def _stack_writers(layout: GraphLayout, acts: dict[str, Tensor]) -> Tensor:
-    """(n, pos, writers, d_model): every writer's activation, in layout order, on the first
-    writer's device (writers may be spread over devices by a device map)."""
-    device = acts[layout.writer_groups[0].site].device
-    return torch.cat(
-        [
-            (acts[g.site] if g.per_head else acts[g.site][:, :, None]).to(device)
-            for g in layout.writer_groups
-        ],
-        dim=2,
-    )
+def _writer_deltas(
+    layout: GraphLayout, source: dict[str, Tensor], base: dict[str, Tensor]
+) -> Tensor:
+    """(writers, n, pos, d_model): every writer's source minus base activation, in layout order,
+    on the first writer's device (writers may be spread over devices by a device map), in
+    float32 at least (a half-precision model's activations). Writers first, so that the rows
+    of a writer range are one (writers, n * pos * d_model) matrix without a copy."""
+    first = source[layout.writer_groups[0].site]
+    wide = torch.promote_types(first.dtype, torch.float32)
+    n, pos, d = first.shape[0], first.shape[1], first.shape[-1]
+    out = torch.empty(layout.n_writers, n, pos, d, dtype=wide, device=first.device)
+    for g in layout.writer_groups:
+        start, stop = g.index[0], g.index[-1] + 1  # a group's writers are consecutive
+        a, b = (x[g.site].to(out.device) for x in (source, base))
+        if not g.per_head:
+            a, b = a[:, :, None], b[:, :, None]
+        torch.sub(a, b, out=out[start:stop].permute(1, 2, 0, 3))
+    return out
+
+
+def _reader_runs(layout: GraphLayout) -> list[list[ReaderGroup]]:
+    """Consecutive reader groups that read the same writers (a layer's q, k and v ports), so
+    that one product per run scores all their edges."""
+    runs: list[list[ReaderGroup]] = []
+    for g in layout.reader_groups:
+        if runs and runs[-1][0].n_prior == g.n_prior:
+            runs[-1].append(g)
+        else:
+            runs.append([g])
+    return runs
 
 
 def _accumulate(
@@ -253,23 +280,30 @@ def _accumulate(
     grads: dict[str, Tensor],
     weight: float,
 ) -> None:
-    """Add ``weight`` x (source - base) . gradient to every edge and node score."""
-    # one matmul per reader group: (h, n*pos*d) @ (n*pos*d, writers so far)
-    # products in float32 at least (a half-precision model's activations), sums in the
-    # accumulators' dtype, on the model's device
-    wide = torch.promote_types(deltas.dtype, torch.float32)
-    flat = deltas.permute(0, 1, 3, 2).reshape(-1, layout.n_writers).to(wide)
-    for g in layout.reader_groups:
-        grad = grads[g.site] if g.per_head else grads[g.site][:, :, None]
-        grad = grad.permute(2, 0, 1, 3).reshape(len(g.index), -1).to(flat.device, wide)
-        block = grad @ flat[:, : g.n_prior]
-        edges[list(g.index), : g.n_prior] += weight * block.to(edges.device, edges.dtype)
-    del flat
+    """Add ``weight`` x (source - base) . gradient to every edge and node score; ``deltas``
+    as :func:`_writer_deltas` makes them."""
+    # one product per run of readers: (writers so far, n*pos*d) @ (n*pos*d, readers), in
+    # float32 at least, summed into the accumulators' dtype, on the model's device
+    flat = deltas.view(layout.n_writers, -1)
+    runs = _reader_runs(layout)
+    # one buffer for every run's gradients: a fresh one per run costs its page faults each time
+    most = max(sum(len(g.index) for g in run) for run in runs)
+    buffer = torch.empty(most, *deltas.shape[1:], dtype=deltas.dtype, device=flat.device)
+    for run in runs:
+        rows = [i for g in run for i in g.index]
+        readers = buffer[: len(rows)]
+        at = 0
+        for g in run:
+            grad = grads[g.site] if g.per_head else grads[g.site][:, :, None]
+            readers[at : at + len(g.index)].copy_(grad.permute(2, 0, 1, 3))
+            at += len(g.index)
+        block = flat[: run[0].n_prior] @ readers.view(len(rows), -1).T
+        edges[rows, : run[0].n_prior] += weight * block.T.to(edges.device, edges.dtype)
     for g in layout.writer_groups:  # per group: no stacked copy of every writer's gradient
-        start, stop = g.index[0], g.index[-1] + 1  # a group's writers are consecutive
+        start, stop = g.index[0], g.index[-1] + 1
         grad = grads[g.site] if g.per_head else grads[g.site][:, :, None]
-        delta = deltas[:, :, start:stop]
-        products = (delta.to(wide) * grad.to(delta.device, wide)).sum((0, 1, 3))
+        grad = grad.permute(2, 0, 1, 3).to(deltas.device, deltas.dtype)
+        products = (deltas[start:stop] * grad).sum((1, 2, 3))
         nodes[start:stop] += weight * products.to(nodes.device, nodes.dtype)
 
 
@@ -304,7 +338,7 @@ def _edge_matrix(
         )
         if deltas is None:  # the first group's first copy is the base run
             src = run.source
-            deltas = _stack_writers(layout, run.source) - _stack_writers(layout, run.base)
+            deltas = _writer_deltas(layout, run.source, run.base)
         weight = (chunk.stop - chunk.start) / n * len(group) / len(alphas)
         _accumulate(edges, nodes, layout, deltas, run.grads, weight)
         del run  # free this pass's activations before the next one is computed
@@ -371,7 +405,7 @@ def _activation_path_matrix(
         grads = {
             str(Site.parse(s)): run.gradients[s].unflatten(0, (len(batch), m)).sum(0) for s in sites
         }
-        deltas = _stack_writers(layout, src) - _stack_writers(layout, own)
+        deltas = _writer_deltas(layout, src, own)
         # the metric is a mean over the pass's copies: scale its sum to the mean over all
         weight = (chunk.stop - chunk.start) / n * len(batch) / len(copies)
         _accumulate(edges, nodes, layout, deltas, grads, weight)

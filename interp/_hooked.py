@@ -535,7 +535,9 @@ def _grad_hook(
             full = full.view_as(full)
 
         def store(grad: Tensor) -> None:
-            grads[site] = binding.view(grad).detach().clone()
+            # no copy: autograd adds into a gradient in place only when nothing else holds
+            # its storage (InputBuffer's can_accumulate_inplace), and this reference does
+            grads[site] = binding.view(grad).detach()
 
         full.register_hook(store)
         grads.tensors[site] = full
