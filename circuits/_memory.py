@@ -44,12 +44,15 @@ _UNITS = {
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 
 # Bytes per prompt-token, in units of (itemsize x d_model) per hooked vector, measured as the
-# peak allocation of passes over one and two rows (tests/unit/circuits/test_memory.py's
-# PeakMemory): EAP on SmolLM2-135M (1142 writers and readers, 16 tokens) adds 12.8 MB per
-# row-token, i.e. 4.9 vectors per hooked vector with the model's own activations; the
-# tiny models 45-78 kB (estimates: 14.6 MB and 62 kB). RSS per row agrees (0.25 GB per row
-# of 20 tokens on SmolLM2).
-GRADIENT_VECTORS = 4.0  # a gradient pass: each hooked site's activation, its gradient, the
+# growth of the peak allocation from passes of one row to passes of four
+# (tests/unit/circuits/test_memory.py's PeakMemory), once the edge model is built: EAP adds
+# 4.3 MB per row-token on a GPT-2-small-shaped model (602 writers and readers, 16 tokens) and
+# 6.2 MB on SmolLM2-135M (1142), about half of the estimates (7.9 and 11.5 MB). Attribution
+# keeps only the writers' activations and the gradients uncopied; before it kept every
+# site's activation and a copy of every gradient, 12.8 MB per row-token on SmolLM2, and this
+# constant was 4. Peak RSS of SmolLM2's EAP-IG at the default budget: 1.87 GB at 8 prompts,
+# 1.94 GB at 32 (benchmarks/memory.py).
+GRADIENT_VECTORS = 2.0  # a gradient pass: each hooked site's activation, its gradient, the
 # autograd graph's saved tensors and the accumulator's transient reshapes
 PATCH_VECTORS = 3.0  # an edge-patching pass: every writer's delta, the readers' gathered ones
 # (tiny-llama: 13-20 kB per row-token measured, 17.7 kB estimated)

@@ -319,6 +319,23 @@ def test_eap_peak_memory_follows_max_memory_not_the_prompts(tiny_gpt2) -> None:
     assert _peak(eap(9, "64MB")) > 2 * many  # a larger budget is used
 
 
+@pytest.mark.parametrize("ig_steps", [1, 3])
+def test_eap_passes_stay_within_max_memory(tiny, ig_steps) -> None:
+    """What a budget's passes allocate beyond passes of one row stays within the budget: the
+    per-row estimate (GRADIENT_VECTORS) may be generous, never short."""
+    task = ioi_task(tiny, 12, seed=0, template_ids=[0])
+    budget = 4 * 2**20
+    rows = MemoryBudget(tiny, budget).gradient_rows(task.clean.shape[1])
+    assert 3 <= rows < 12 * ig_steps  # several rows per pass, and more than one pass
+
+    def eap(**chunking):
+        return lambda: edge_attribution(tiny, None, task, ig_steps=ig_steps, **chunking)
+
+    eap(rows_per_pass=1)()  # the edge model (tiny-llama's ungrouped copy) is built once
+    one_row = _peak(eap(rows_per_pass=1))
+    assert 0 < _peak(eap(max_memory=budget)) - one_row <= budget
+
+
 def test_patching_peak_memory_follows_max_memory_not_the_prompts(tiny_gpt2) -> None:
     def patching(n: int, memory: str):
         task = ioi_task(tiny_gpt2, n, seed=0, template_ids=[0])
