@@ -125,15 +125,24 @@ def _mean_writers(
 
 class _EdgePatcher:
     """Forward hooks that record writer deltas and correct reader inputs, for ``copies``
-    stacked copies of the batch each with its own (reader, writer) patch mask."""
+    stacked copies of the batch each with its own (reader, writer) patch mask.
+
+    ``scratch`` keeps the deltas' buffer between the passes of one call: a fresh one per pass
+    costs its page faults every time (tens of MB on GPT-2-small's shapes)."""
 
     def __init__(
-        self, layout: GraphLayout, patched: Tensor, source: dict[str, Tensor], n: int
+        self,
+        layout: GraphLayout,
+        patched: Tensor,
+        source: dict[str, Tensor],
+        n: int,
+        scratch: dict[tuple, Tensor] | None = None,
     ) -> None:
         # source: each writer site's activations for the n prompts, or one row for all of them
         # (shared by every copy); a site missing from it is patched to zero
         self.layout, self.patched, self.source, self.n = layout, patched, source, n
         self.copies = patched.shape[0]
+        self.scratch = {} if scratch is None else scratch
         self.deltas: Tensor | None = None  # (copies * n, pos, writers, d_model)
         self.total: Tensor | None = None  # sum of all deltas so far, (copies * n, pos, d_model)
 
@@ -145,22 +154,35 @@ class _EdgePatcher:
             fns[g.site] = self._reader(g)
         return fns
 
+    def _buffer(self, x: Tensor) -> Tensor:
+        """The deltas' buffer for this pass; every writer's slot is written before any
+        reader reads it (a reader reads only the writers computed before it)."""
+        b, p, d = x.shape[0], x.shape[1], x.shape[-1]
+        key = (b, p, self.layout.n_writers, d, x.dtype, x.device)
+        if key not in self.scratch:
+            self.scratch.clear()  # one buffer at a time: the last chunk may be smaller
+            self.scratch[key] = torch.empty(key[:4], dtype=x.dtype, device=x.device)
+        return self.scratch[key]
+
     def _writer(self, group: WriterGroup) -> Callable[[Tensor, Site], None]:
+        start, stop = group.index[0], group.index[-1] + 1  # a group's writers are consecutive
+
         def record(x: Tensor, site: Site) -> None:
+            if self.deltas is None:
+                self.deltas = self._buffer(x)
+                self.total = torch.zeros_like(self.deltas[:, :, 0])
+            slot = self.deltas[:, :, start:stop] if group.per_head else self.deltas[:, :, start]
             source = self.source.get(group.site)
             per_copy = x.view(self.copies, self.n, *x.shape[1:])
-            delta = (-per_copy if source is None else source - per_copy).view_as(x)
-            if self.deltas is None:
-                b, p, d = x.shape[0], x.shape[1], x.shape[-1]
-                self.deltas = x.new_zeros(b, p, self.layout.n_writers, d)
-                self.total = x.new_zeros(b, p, d)
-            delta = delta.to(self.deltas.device)  # a writer on another device (device_map)
-            if group.per_head:
-                self.deltas[:, :, list(group.index)] = delta
-                self.total += delta.sum(2)
+            out = slot.view(self.copies, self.n, *slot.shape[1:])
+            if x.device != slot.device:  # a writer on another device (device_map)
+                delta = -per_copy if source is None else source - per_copy
+                out.copy_(delta)
+            elif source is None:  # zero ablation
+                torch.neg(per_copy, out=out)
             else:
-                self.deltas[:, :, group.index[0]] = delta
-                self.total += delta
+                torch.sub(source, per_copy, out=out)
+            self.total += slot.sum(2) if group.per_head else slot
 
         return record
 
@@ -173,26 +195,28 @@ class _EdgePatcher:
             # (copies, prompts x positions, writers so far, d_model): a view, no copy
             deltas = self.deltas[:, :, : group.n_prior]
             deltas = deltas.view(k, -1, group.n_prior, deltas.shape[-1])
+            onto = x.to(deltas.device).reshape(k, deltas.shape[1], len(group.index), -1)
             keep = ~mask
             if int(mask.sum()) <= int(keep.sum()):
-                corr = _mix(deltas, mask)
+                out = _mix(deltas, mask, onto.clone())
             else:  # most edges patched: everything minus the kept ones
                 total = self.total.view(k, -1, 1, self.total.shape[-1])
-                corr = total - _mix(deltas, keep)
+                out = _mix(deltas, keep, onto + total, sign=-1.0)
                 # a copy with nothing patched (a baseline riding along) stays exactly its
                 # run: total minus every delta is only zero up to rounding
-                patches = mask.flatten(1).any(1)
-                if not bool(patches.all()):
-                    corr = corr * patches.to(corr.dtype)[:, None, None, None]
-            corr = corr.view(x.shape[0], x.shape[1], *corr.shape[2:]).to(x.device)
-            return x + (corr if group.per_head else corr[:, :, 0])
+                unpatched = ~mask.flatten(1).any(1)
+                if bool(unpatched.any()):
+                    out[unpatched] = onto[unpatched]
+            return out.view(x.shape).to(x.device)
 
         return correct
 
 
-def _mix(deltas: Tensor, mask: Tensor) -> Tensor:
-    """``sum_w mask[k, h, w] deltas[k, r, w]``: each reader's sum of the chosen writers' deltas,
-    shape (copies, rows, readers, d_model), as one batched product per row.
+def _mix(deltas: Tensor, mask: Tensor, into: Tensor, sign: float = 1.0) -> Tensor:
+    """``into[k, r, h] += sign * sum_w mask[k, h, w] deltas[k, r, w]``, in place: each reader's
+    input plus (or minus) its sum of the chosen writers' deltas, ``into`` being a contiguous
+    (copies, rows, readers, d_model) tensor of the caller's own, as one batched product per
+    row that adds into it.
 
     Writers no copy chooses are left out of the product when they are most of them (a copy
     of the others' deltas costs less than multiplying zeros); else the product runs over
@@ -201,7 +225,11 @@ def _mix(deltas: Tensor, mask: Tensor) -> Tensor:
     if int(used.sum()) * 3 < len(used):
         at = used.nonzero().flatten()
         deltas, mask = deltas[:, :, at], mask[:, :, at]
-    return torch.matmul(mask[:, None].to(deltas.dtype), deltas)
+    k, rows, w, d = deltas.shape
+    h = mask.shape[1]
+    weights = mask.to(deltas.dtype)[:, None].expand(k, rows, h, w).reshape(k * rows, h, w)
+    into.view(k * rows, h, d).baddbmm_(weights, deltas.reshape(k * rows, w, d), alpha=sign)
+    return into
 
 
 PASS_BYTES = 512 * 2**20  # the working memory of edge_patching's passes by default
@@ -328,6 +356,7 @@ def _patch_masks(
     with torch.no_grad():
         mean = _mean_writers(model, layout, task, prompts) if source == "mean" else None
         src: dict[str, Tensor] = {}
+        scratch: dict[tuple, Tensor] = {}  # the deltas' buffer, kept from pass to pass
         for chunk, start in progress_bar(work, desc="edge patching", progress=progress):
             part = task.subset(chunk)
             if start == 0:  # a new prompt chunk: its source run (the last one's goes first)
@@ -339,7 +368,7 @@ def _patch_masks(
                     if measured is not None:
                         source_metric += measured * len(part) / n
             masks = patched[start : start + masks_per_pass].to(model.device, torch.bool)
-            patcher = _EdgePatcher(layout, masks, src, len(part))
+            patcher = _EdgePatcher(layout, masks, src, len(part), scratch)
             tokens = part.clean if run == "clean" else part.corrupt
             with model.hooks(patcher.hooks()), part.narrowed(model, len(masks)) as vocab:
                 logits = model(tokens.repeat(len(masks), 1))
