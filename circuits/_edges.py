@@ -427,27 +427,34 @@ def circuit_metrics(
     """The metric of each circuit with every edge outside it ablated, of the full model and of
     the empty circuit: ``(m(C) per circuit, m(N), m(empty))``.
 
-    Everything rides in one set of edge-patching passes (as few as ``masks_per_pass``, or
-    ``max_memory``, allows): all circuits (already pruned: the in-graph edges between
-    in-graph nodes are kept), the full model (a mask that patches nothing) and, for mean and
-    zero ablation, the empty circuit (a mask that patches everything). Under corrupted
-    patching the empty circuit is the corrupted run, which is also the source run that every
-    pass reads, so it costs nothing more: per chunk of prompts, one source run and
-    ``ceil((circuits + 1) / masks_per_pass)`` patched passes.
+    The circuits ride in one set of edge-patching passes (as few as ``masks_per_pass``, or
+    ``max_memory``, allows): all circuits (already pruned: the in-graph edges between in-graph
+    nodes are kept) and, for mean and zero ablation, the empty circuit (a mask that patches
+    everything). Under corrupted patching the empty circuit is the corrupted run, which is
+    also the source run that every pass reads, so it costs nothing more. The full model is a
+    plain forward of the clean prompts: a patching pass would carry every head's own copy of
+    its q/k/v inputs for a mask that patches nothing, about twice a plain forward's time on
+    GPT-2-small's shapes. Per chunk of prompts: one source run and
+    ``ceil(circuits / masks_per_pass)`` patched passes, and one clean forward.
     """
     check_option("ablation", ablation, Ablation)
     model, layout = prepare_edge_model(model)
-    nothing = torch.zeros(layout.n_readers, layout.n_writers, dtype=torch.bool)
-    masks = [nothing, *(_circuit_mask(layout, circuit) for circuit in circuits)]
+    masks = [_circuit_mask(layout, circuit) for circuit in circuits]
     if ablation != "corrupt":  # the empty circuit: every edge ablated
         masks.append(layout.to_matrix(torch.ones(len(layout.edge_src), dtype=torch.bool)))
+    dtype = torch.promote_types(next(model.bridge.parameters()).dtype, torch.float32)
+    clean = chunked_metric(model, task, "clean", max_memory)
+    if not masks:  # no circuit, corrupted patching: the empty circuit is the corrupted run
+        return (
+            torch.zeros(0, dtype=dtype),
+            clean,
+            chunked_metric(model, task, "corrupt", max_memory),
+        )
     values, source_metric = _patch_masks(
         model, task, torch.stack(masks), "clean", ablation, masks_per_pass, max_memory, progress
     )
-    dtype = torch.promote_types(next(model.bridge.parameters()).dtype, torch.float32)
-    clean = float(values[0].to(dtype))
     empty = source_metric if source_metric is not None else float(values[-1].to(dtype))
-    return values[1 : 1 + len(circuits)].to(dtype), clean, empty
+    return values[: len(circuits)].to(dtype), clean, empty
 
 
 class Sweep(NamedTuple):

@@ -83,9 +83,10 @@ def test_curve_and_plot(tmp_path, tiny_gpt2) -> None:
 @pytest.mark.parametrize("ablation", ["corrupt", "mean", "zero"])
 def test_curve_runs_its_baselines_once_and_equals_each_size_alone(tiny, ablation) -> None:
     """The curve's values against edge patching of each circuit and plain runs of the clean
-    and corrupted prompts (written here), and its forward passes counted: one source run
-    (none for zero ablation), then the circuits, the full model and (but for corrupted
-    patching, whose empty circuit is the source run) the empty circuit, two masks a pass."""
+    and corrupted prompts (written here), and its forward passes counted: one plain forward
+    of the clean prompts (the full model), one source run (none for zero ablation), then the
+    circuits and (but for corrupted patching, whose empty circuit is the source run) the empty
+    circuit, two masks a pass."""
     task = ioi_task(tiny, 3, seed=2, template_ids=[2])  # mean ablation needs equal lengths
     model, layout = prepare_edge_model(tiny)
     graph = interp.CircuitGraph.from_model(tiny)
@@ -100,9 +101,9 @@ def test_curve_runs_its_baselines_once_and_equals_each_size_alone(tiny, ablation
         )
     finally:
         handle.remove()
-    n, masks = len(task), len(sizes) + 1 + (ablation != "corrupt")
+    n, masks = len(task), len(sizes) + (ablation != "corrupt")
     source_runs = [n] if ablation != "zero" else []
-    assert rows == source_runs + [2 * n] * (masks // 2) + [n] * (masks % 2)
+    assert rows == [n] + source_runs + [2 * n] * (masks // 2) + [n] * (masks % 2)
 
     with torch.no_grad():
         clean = float(task.measure(model(task.clean)))
